@@ -1,0 +1,254 @@
+//! Command-line flags and environment variables, parsed and validated once at start.
+//!
+//! Nothing else in the crate reads the environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use secrecy::SecretString;
+use url::Url;
+
+/// Name of the environment variable holding the master secret. Never a flag: flags show up in
+/// `ps` and shell history.
+pub const SECRET_ENV: &str = "CHATFILES_SECRET";
+
+const MIN_URL_TTL: Duration = Duration::from_secs(1);
+const MAX_URL_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+const MIN_SESSION_TTL: Duration = Duration::from_secs(1);
+const MAX_SESSION_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Whether new accounts can be created through `POST /api/auth/sign-up`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Signup {
+    Open,
+    Closed,
+}
+
+/// The service's whole configuration.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "chatfiles", version, about = "Chat attachments behind time-limited signed URLs")]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "CHATFILES_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: SocketAddr,
+
+    /// Absolute base URL that clients reach the service at, used for signed download URLs
+    /// [default: http://<bind>].
+    #[arg(long, env = "CHATFILES_PUBLIC_URL", value_parser = parse_public_url)]
+    pub public_url: Option<Url>,
+
+    /// Directory that holds stored files, the secret key and (by default) the database.
+    #[arg(long, env = "CHATFILES_STORAGE_DIR", default_value = "./storage")]
+    pub storage_dir: PathBuf,
+
+    /// SQLite database file [default: <storage>/chatfiles.db].
+    #[arg(long, env = "CHATFILES_DATABASE")]
+    pub database: Option<PathBuf>,
+
+    /// Lifetime of signed download URLs (1s to 7d).
+    #[arg(long, env = "CHATFILES_URL_TTL", default_value = "15m", value_parser = parse_url_ttl)]
+    pub url_ttl: Duration,
+
+    /// Lifetime of a login session, renewed on use (1s to 365d).
+    #[arg(long, env = "CHATFILES_SESSION_TTL", default_value = "7d", value_parser = parse_session_ttl)]
+    pub session_ttl: Duration,
+
+    /// Largest accepted file, inclusive (e.g. 25MiB, 512KiB, 1GiB or plain bytes).
+    #[arg(long, env = "CHATFILES_MAX_FILE_SIZE", default_value = "25MiB", value_parser = parse_size)]
+    pub max_file_size: u64,
+
+    /// Whether sign-up is open or closed.
+    #[arg(long, env = "CHATFILES_SIGNUP", value_enum, default_value = "open")]
+    pub signup: Signup,
+
+    /// Number of HTTP worker threads [default: number of CPUs].
+    #[arg(long, env = "CHATFILES_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: Option<u16>,
+
+    /// Master secret, from the environment only (see `SECRET_ENV`).
+    #[arg(skip)]
+    pub secret: Option<SecretString>,
+}
+
+impl Config {
+    /// Parses flags and environment, exiting with a one-line message naming the flag on error.
+    pub fn from_env_and_args() -> Self {
+        let mut config = match Self::try_parse() {
+            Ok(config) => config,
+            Err(err) if !err.use_stderr() => err.exit(),
+            Err(err) => {
+                // clap's message spans several lines; the contract wants one naming the flag.
+                let rendered = err.to_string();
+                let line = rendered.lines().next().unwrap_or("error: invalid arguments");
+                eprintln!("{line}");
+                std::process::exit(2);
+            }
+        };
+        config.secret = std::env::var(SECRET_ENV).ok().map(SecretString::from);
+        config
+    }
+
+    /// A configuration with every default, rooted at `storage_dir` (used by tests and tools).
+    pub fn with_storage_dir(storage_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            public_url: None,
+            storage_dir: storage_dir.into(),
+            database: None,
+            url_ttl: Duration::from_secs(15 * 60),
+            session_ttl: Duration::from_secs(7 * 24 * 3600),
+            max_file_size: 25 * 1024 * 1024,
+            signup: Signup::Open,
+            workers: None,
+            secret: None,
+        }
+    }
+
+    /// The database file, defaulting to `<storage>/chatfiles.db`.
+    pub fn database_path(&self) -> PathBuf {
+        self.database
+            .clone()
+            .unwrap_or_else(|| self.storage_dir.join("chatfiles.db"))
+    }
+
+    /// Worker threads to run.
+    pub fn worker_count(&self) -> usize {
+        self.workers.map(usize::from).unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        })
+    }
+}
+
+/// Base URL as configured, or `http://<addr>` for the address actually bound, without a
+/// trailing slash.
+pub fn public_base(public_url: Option<&Url>, bound: SocketAddr) -> String {
+    match public_url {
+        Some(url) => url.as_str().trim_end_matches('/').to_owned(),
+        None => format!("http://{bound}"),
+    }
+}
+
+fn parse_public_url(value: &str) -> Result<Url, String> {
+    let url = Url::parse(value).map_err(|e| format!("not an absolute URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err("scheme must be http or https".into());
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("a host is required".into());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("must not carry a query or fragment".into());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not carry credentials".into());
+    }
+    Ok(url)
+}
+
+fn parse_duration_within(value: &str, min: Duration, max: Duration) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(value.trim()).map_err(|e| e.to_string())?;
+    if duration < min || duration > max {
+        return Err(format!(
+            "must be between {} and {}",
+            humantime::format_duration(min),
+            humantime::format_duration(max)
+        ));
+    }
+    Ok(duration)
+}
+
+fn parse_url_ttl(value: &str) -> Result<Duration, String> {
+    parse_duration_within(value, MIN_URL_TTL, MAX_URL_TTL)
+}
+
+fn parse_session_ttl(value: &str) -> Result<Duration, String> {
+    parse_duration_within(value, MIN_SESSION_TTL, MAX_SESSION_TTL)
+}
+
+/// Parses `25MiB`, `512KiB`, `1GiB`, `10MB`, `100B` or plain bytes. Binary units are powers of
+/// 1024, decimal units of 1000.
+pub fn parse_size(value: &str) -> Result<u64, String> {
+    let value = value.trim();
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (digits, unit) = value.split_at(split);
+    if digits.is_empty() {
+        return Err("expected a number of bytes, e.g. 25MiB".into());
+    }
+    let number: u64 = digits.parse().map_err(|_| "number too large".to_owned())?;
+    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        other => return Err(format!("unknown unit {other:?} (use B, KiB, MiB, GiB)")),
+    };
+    let size = number
+        .checked_mul(multiplier)
+        .ok_or_else(|| "size too large".to_owned())?;
+    if size == 0 {
+        return Err("must be at least 1 byte".into());
+    }
+    Ok(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_binary_and_decimal_units() {
+        assert_eq!(parse_size("25MiB"), Ok(25 * 1024 * 1024));
+        assert_eq!(parse_size("512KiB"), Ok(512 * 1024));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert_eq!(parse_size("2 MB"), Ok(2_000_000));
+        assert!(parse_size("").is_err());
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("99999999999999999999GiB").is_err());
+    }
+
+    #[test]
+    fn ttls_are_bounded() {
+        assert_eq!(parse_url_ttl("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_url_ttl("7d"), Ok(MAX_URL_TTL));
+        assert!(parse_url_ttl("8d").is_err());
+        assert!(parse_url_ttl("0s").is_err());
+        assert!(parse_session_ttl("366d").is_err());
+        assert!(parse_session_ttl("nonsense").is_err());
+    }
+
+    #[test]
+    fn public_urls_must_be_absolute_http() {
+        assert!(parse_public_url("https://example.com/chat/").is_ok());
+        assert!(parse_public_url("ftp://example.com").is_err());
+        assert!(parse_public_url("example.com").is_err());
+        assert!(parse_public_url("https://example.com/?a=b").is_err());
+        let url = parse_public_url("https://example.com/chat/").ok();
+        let bound = SocketAddr::from(([127, 0, 0, 1], 1));
+        assert_eq!(public_base(url.as_ref(), bound), "https://example.com/chat");
+        assert_eq!(public_base(None, bound), "http://127.0.0.1:1");
+    }
+
+    #[test]
+    fn flags_parse_and_bad_values_name_the_flag() {
+        let config = Config::try_parse_from(["chatfiles", "--max-file-size", "1KiB"]);
+        assert_eq!(config.map(|c| c.max_file_size).ok(), Some(1024));
+        let err = Config::try_parse_from(["chatfiles", "--url-ttl", "9d"])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("--url-ttl"), "{err}");
+    }
+}

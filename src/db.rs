@@ -1,0 +1,459 @@
+//! The SQLite pool (pragmas, schema) and plain query functions that take a `&Connection`.
+//!
+//! Every function here blocks; handlers call them through [`Db::run`], which moves the work off
+//! the async workers.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use r2d2_sqlite::SqliteConnectionManager;
+use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior, params};
+use serde::Serialize;
+
+use crate::clock::rfc3339;
+use crate::error::AppError;
+
+/// The whole schema; applied at every start.
+pub const SCHEMA: &str = include_str!("../schema.sql");
+/// Bumped, with a migration step in [`migrate`], whenever `schema.sql` changes shape.
+pub const SCHEMA_VERSION: i64 = 1;
+
+// synchronous=FULL makes every commit fsync the WAL, so a 201 or 204 survives power loss.
+// busy_timeout lets a writer wait for another instead of failing with SQLITE_BUSY.
+const CONNECTION_PRAGMAS: &str = "PRAGMA foreign_keys = ON;
+    PRAGMA busy_timeout = 5000;
+    PRAGMA synchronous = FULL;";
+
+pub type Pool = r2d2::Pool<SqliteConnectionManager>;
+
+/// The connection pool, and the one way handlers reach it.
+#[derive(Clone)]
+pub struct Db {
+    pool: Pool,
+}
+
+impl Db {
+    /// Opens (creating if needed) the database, applies the schema and builds the pool.
+    pub fn open(path: &Path, max_connections: u32) -> anyhow::Result<Self> {
+        let mut conn = Connection::open(path)
+            .with_context(|| format!("cannot open database {}", path.display()))?;
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            bail!("the database refused WAL mode (got {mode})");
+        }
+        conn.execute_batch(CONNECTION_PRAGMAS)?;
+        migrate(&mut conn)?;
+        drop(conn);
+
+        let manager = SqliteConnectionManager::file(path)
+            .with_init(|conn| conn.execute_batch(CONNECTION_PRAGMAS));
+        let pool = r2d2::Pool::builder()
+            .max_size(max_connections)
+            .min_idle(Some(1))
+            .connection_timeout(Duration::from_secs(10))
+            .build(manager)
+            .context("cannot build the database pool")?;
+        Ok(Self { pool })
+    }
+
+    /// Runs `f` with a pooled connection on the blocking thread pool.
+    pub async fn run<T, F>(&self, f: F) -> Result<T, AppError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, AppError> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        actix_web::web::block(move || {
+            let mut conn = pool.get()?;
+            f(&mut conn)
+        })
+        .await?
+    }
+
+    /// A connection for start-up and maintenance work outside request handling.
+    pub fn get(&self) -> Result<r2d2::PooledConnection<SqliteConnectionManager>, AppError> {
+        Ok(self.pool.get()?)
+    }
+}
+
+/// Applies `schema.sql` idempotently and records the version, refusing a newer database.
+pub fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        bail!("the database has schema version {version}, newer than this binary's {SCHEMA_VERSION}");
+    }
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute_batch(SCHEMA).context("cannot apply schema.sql")?;
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()?;
+    Ok(())
+}
+
+fn as_rfc3339<S: serde::Serializer>(unix: &i64, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&rfc3339(*unix))
+}
+
+fn is_unique_violation(err: &rusqlite::Error) -> bool {
+    matches!(err, rusqlite::Error::SqliteFailure(e, _) if e.code == ErrorCode::ConstraintViolation)
+}
+
+// ---- users -------------------------------------------------------------------------------
+
+/// A user as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct User {
+    pub id: i64,
+    pub primary_email: String,
+}
+
+/// Creates a user; `None` when the email is taken.
+pub fn insert_user(conn: &Connection, email: &str, password_hash: &str, now: i64) -> Result<Option<User>, AppError> {
+    let inserted = conn.execute(
+        "INSERT INTO neptun_user (primary_email, password_hash, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?3)",
+        params![email, password_hash, now],
+    );
+    match inserted {
+        Ok(_) => Ok(Some(User {
+            id: conn.last_insert_rowid(),
+            primary_email: email.to_owned(),
+        })),
+        Err(err) if is_unique_violation(&err) => Ok(None),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// A user and their password hash, by (normalised) email.
+pub fn find_user_by_email(conn: &Connection, email: &str) -> Result<Option<(User, String)>, AppError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, primary_email, password_hash FROM neptun_user WHERE primary_email = ?1",
+    )?;
+    let found = stmt
+        .query_row([email], |r| {
+            Ok((
+                User {
+                    id: r.get(0)?,
+                    primary_email: r.get(1)?,
+                },
+                r.get(2)?,
+            ))
+        })
+        .optional()?;
+    Ok(found)
+}
+
+pub fn find_user(conn: &Connection, id: i64) -> Result<Option<User>, AppError> {
+    let mut stmt = conn.prepare_cached("SELECT id, primary_email FROM neptun_user WHERE id = ?1")?;
+    let found = stmt
+        .query_row([id], |r| {
+            Ok(User {
+                id: r.get(0)?,
+                primary_email: r.get(1)?,
+            })
+        })
+        .optional()?;
+    Ok(found)
+}
+
+// ---- chats -------------------------------------------------------------------------------
+
+/// A chat conversation as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Chat {
+    pub id: i64,
+    pub name: String,
+    pub model: String,
+    #[serde(serialize_with = "as_rfc3339")]
+    pub created_at: i64,
+    #[serde(serialize_with = "as_rfc3339")]
+    pub updated_at: i64,
+    pub neptun_user_id: i64,
+}
+
+const CHAT_COLUMNS: &str = "id, name, model, created_at, updated_at, neptun_user_id";
+
+fn chat_from_row(r: &Row<'_>) -> rusqlite::Result<Chat> {
+    Ok(Chat {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        model: r.get(2)?,
+        created_at: r.get(3)?,
+        updated_at: r.get(4)?,
+        neptun_user_id: r.get(5)?,
+    })
+}
+
+/// A user's chats, most recently updated first.
+pub fn list_chats(conn: &Connection, user_id: i64) -> Result<Vec<Chat>, AppError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {CHAT_COLUMNS} FROM chat_conversation WHERE neptun_user_id = ?1
+         ORDER BY updated_at DESC, id DESC"
+    ))?;
+    let chats = stmt.query_map([user_id], chat_from_row)?.collect::<Result<_, _>>()?;
+    Ok(chats)
+}
+
+pub fn insert_chat(conn: &Connection, user_id: i64, name: &str, model: &str, now: i64) -> Result<Chat, AppError> {
+    conn.execute(
+        "INSERT INTO chat_conversation (neptun_user_id, name, model, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?4)",
+        params![user_id, name, model, now],
+    )?;
+    Ok(Chat {
+        id: conn.last_insert_rowid(),
+        name: name.to_owned(),
+        model: model.to_owned(),
+        created_at: now,
+        updated_at: now,
+        neptun_user_id: user_id,
+    })
+}
+
+/// The chat if it exists and belongs to `user_id`.
+pub fn find_chat(conn: &Connection, user_id: i64, chat_id: i64) -> Result<Option<Chat>, AppError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {CHAT_COLUMNS} FROM chat_conversation WHERE id = ?1 AND neptun_user_id = ?2"
+    ))?;
+    Ok(stmt.query_row(params![chat_id, user_id], chat_from_row).optional()?)
+}
+
+fn chat_exists(conn: &Connection, user_id: i64, chat_id: i64) -> Result<bool, AppError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT 1 FROM chat_conversation WHERE id = ?1 AND neptun_user_id = ?2",
+    )?;
+    Ok(stmt.exists(params![chat_id, user_id])?)
+}
+
+/// Deletes a chat and its file rows; returns the object keys whose bytes are now unreferenced,
+/// or `None` when the chat is not the user's.
+pub fn delete_chat(conn: &mut Connection, user_id: i64, chat_id: i64) -> Result<Option<Vec<String>>, AppError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    if !chat_exists(&tx, user_id, chat_id)? {
+        return Ok(None);
+    }
+    let keys = {
+        let mut stmt = tx.prepare_cached(
+            "SELECT object_key FROM chat_conversation_file WHERE chat_conversation_id = ?1",
+        )?;
+        stmt.query_map([chat_id], |r| r.get(0))?
+            .collect::<Result<Vec<String>, _>>()?
+    };
+    tx.execute("DELETE FROM chat_conversation WHERE id = ?1", [chat_id])?;
+    tx.commit()?;
+    Ok(Some(keys))
+}
+
+// ---- files -------------------------------------------------------------------------------
+
+/// A stored file's row.
+#[derive(Debug, Clone)]
+pub struct FileRow {
+    pub id: i64,
+    pub chat_id: i64,
+    pub object_key: String,
+    pub name: String,
+    pub size: u64,
+    pub mime: String,
+    pub sha256: String,
+    pub created_at: i64,
+}
+
+/// What an upload adds, before it has an id.
+#[derive(Debug, Clone)]
+pub struct NewFile {
+    pub object_key: String,
+    pub name: String,
+    pub size: u64,
+    pub mime: String,
+    pub sha256: String,
+}
+
+const FILE_COLUMNS: &str = "id, chat_conversation_id, object_key, name, size, type, sha256, created_at";
+
+fn file_from_row(r: &Row<'_>) -> rusqlite::Result<FileRow> {
+    Ok(FileRow {
+        id: r.get(0)?,
+        chat_id: r.get(1)?,
+        object_key: r.get(2)?,
+        name: r.get(3)?,
+        size: r.get(4)?,
+        mime: r.get(5)?,
+        sha256: r.get(6)?,
+        created_at: r.get(7)?,
+    })
+}
+
+/// A chat's files in upload order; `None` when the chat is not the user's.
+pub fn list_files(conn: &Connection, user_id: i64, chat_id: i64) -> Result<Option<Vec<FileRow>>, AppError> {
+    if !chat_exists(conn, user_id, chat_id)? {
+        return Ok(None);
+    }
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {FILE_COLUMNS} FROM chat_conversation_file WHERE chat_conversation_id = ?1
+         ORDER BY created_at, id"
+    ))?;
+    let files = stmt.query_map([chat_id], file_from_row)?.collect::<Result<_, _>>()?;
+    Ok(Some(files))
+}
+
+/// One file of one of the user's chats.
+pub fn find_file(conn: &Connection, user_id: i64, chat_id: i64, file_id: i64) -> Result<Option<FileRow>, AppError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT f.id, f.chat_conversation_id, f.object_key, f.name, f.size, f.type, f.sha256, f.created_at
+         FROM chat_conversation_file f JOIN chat_conversation c ON c.id = f.chat_conversation_id
+         WHERE f.id = ?1 AND f.chat_conversation_id = ?2 AND c.neptun_user_id = ?3",
+    )?;
+    Ok(stmt.query_row(params![file_id, chat_id, user_id], file_from_row).optional()?)
+}
+
+/// The file stored under an object key (the download path).
+pub fn find_object(conn: &Connection, object_key: &str) -> Result<Option<FileRow>, AppError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {FILE_COLUMNS} FROM chat_conversation_file WHERE object_key = ?1"
+    ))?;
+    Ok(stmt.query_row([object_key], file_from_row).optional()?)
+}
+
+/// Records uploaded files in one transaction and touches the chat; `None` when the chat is not
+/// (or no longer) the user's, in which case nothing was written.
+pub fn insert_files(
+    conn: &mut Connection,
+    user_id: i64,
+    chat_id: i64,
+    files: &[NewFile],
+    now: i64,
+) -> Result<Option<Vec<FileRow>>, AppError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    if !chat_exists(&tx, user_id, chat_id)? {
+        return Ok(None);
+    }
+    let mut rows = Vec::with_capacity(files.len());
+    {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO chat_conversation_file
+                 (chat_conversation_id, object_key, name, size, type, sha256, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?;
+        for file in files {
+            stmt.execute(params![
+                chat_id,
+                file.object_key,
+                file.name,
+                file.size,
+                file.mime,
+                file.sha256,
+                now
+            ])?;
+            rows.push(FileRow {
+                id: tx.last_insert_rowid(),
+                chat_id,
+                object_key: file.object_key.clone(),
+                name: file.name.clone(),
+                size: file.size,
+                mime: file.mime.clone(),
+                sha256: file.sha256.clone(),
+                created_at: now,
+            });
+        }
+    }
+    tx.execute(
+        "UPDATE chat_conversation SET updated_at = ?1 WHERE id = ?2",
+        params![now, chat_id],
+    )?;
+    tx.commit()?;
+    Ok(Some(rows))
+}
+
+/// Deletes one file row and touches its chat; returns its object key, or `None` when there is
+/// no such file in the user's chat.
+pub fn delete_file(
+    conn: &mut Connection,
+    user_id: i64,
+    chat_id: i64,
+    file_id: i64,
+    now: i64,
+) -> Result<Option<String>, AppError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let Some(file) = find_file(&tx, user_id, chat_id, file_id)? else {
+        return Ok(None);
+    };
+    tx.execute("DELETE FROM chat_conversation_file WHERE id = ?1", [file_id])?;
+    tx.execute(
+        "UPDATE chat_conversation SET updated_at = ?1 WHERE id = ?2",
+        params![now, chat_id],
+    )?;
+    tx.commit()?;
+    Ok(Some(file.object_key))
+}
+
+/// Every object key that a row refers to (for the start-up sweep).
+pub fn all_object_keys(conn: &Connection) -> Result<HashSet<String>, AppError> {
+    let mut stmt = conn.prepare("SELECT object_key FROM chat_conversation_file")?;
+    let keys = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    Ok(keys)
+}
+
+// ---- sessions ----------------------------------------------------------------------------
+
+/// A live session's serialized state.
+pub fn load_session(conn: &Connection, id_hash: &str, now: i64) -> Result<Option<String>, AppError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT state FROM session WHERE id_hash = ?1 AND expires_at > ?2",
+    )?;
+    Ok(stmt.query_row(params![id_hash, now], |r| r.get(0)).optional()?)
+}
+
+pub fn insert_session(
+    conn: &Connection,
+    id_hash: &str,
+    user_id: Option<i64>,
+    state: &str,
+    expires_at: i64,
+) -> Result<(), AppError> {
+    conn.prepare_cached(
+        "INSERT INTO session (id_hash, neptun_user_id, state, expires_at) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![id_hash, user_id, state, expires_at])?;
+    Ok(())
+}
+
+/// Replaces a session's state; false when the session is gone (expired or logged out).
+pub fn update_session(
+    conn: &Connection,
+    id_hash: &str,
+    user_id: Option<i64>,
+    state: &str,
+    expires_at: i64,
+    now: i64,
+) -> Result<bool, AppError> {
+    let changed = conn
+        .prepare_cached(
+            "UPDATE session SET neptun_user_id = ?2, state = ?3, expires_at = ?4
+             WHERE id_hash = ?1 AND expires_at > ?5",
+        )?
+        .execute(params![id_hash, user_id, state, expires_at, now])?;
+    Ok(changed == 1)
+}
+
+/// Extends a live session. Skips the write when the stored expiry is already within
+/// `slack` seconds of the new one, so that a busy client does not write on every request.
+pub fn touch_session(conn: &Connection, id_hash: &str, expires_at: i64, now: i64, slack: i64) -> Result<(), AppError> {
+    conn.prepare_cached(
+        "UPDATE session SET expires_at = ?2 WHERE id_hash = ?1 AND expires_at > ?3 AND expires_at < ?2 - ?4",
+    )?
+    .execute(params![id_hash, expires_at, now, slack])?;
+    Ok(())
+}
+
+pub fn delete_session(conn: &Connection, id_hash: &str) -> Result<(), AppError> {
+    conn.prepare_cached("DELETE FROM session WHERE id_hash = ?1")?
+        .execute([id_hash])?;
+    Ok(())
+}
+
+/// Removes expired sessions; returns how many.
+pub fn purge_expired_sessions(conn: &Connection, now: i64) -> Result<usize, AppError> {
+    Ok(conn.execute("DELETE FROM session WHERE expires_at <= ?1", [now])?)
+}

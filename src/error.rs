@@ -1,0 +1,161 @@
+//! The one error type of the service, and the contract's JSON error shape.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+/// Every way a request can fail. Its `ResponseError` writes
+/// `{"statusCode", "statusMessage", "data": {"message"}}`.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(&'static str),
+    #[error("Method not allowed")]
+    MethodNotAllowed(&'static str),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("Requested range not satisfiable")]
+    RangeNotSatisfiable(u64),
+    #[error("URL has expired")]
+    UrlExpired {
+        expires_at: String,
+        server_time: String,
+    },
+    #[error("Service unavailable")]
+    Unavailable,
+    /// Anything unexpected; its cause is logged, never shown.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    #[serde(rename = "statusCode")]
+    status_code: u16,
+    #[serde(rename = "statusMessage")]
+    status_message: &'a str,
+    data: ErrorData<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorData<'a> {
+    message: &'a str,
+    #[serde(rename = "expiresAt", skip_serializing_if = "Option::is_none")]
+    expires_at: Option<&'a str>,
+    #[serde(rename = "serverTime", skip_serializing_if = "Option::is_none")]
+    server_time: Option<&'a str>,
+}
+
+/// Builds a response in the contract's error shape.
+pub fn error_response(status: StatusCode, message: &str) -> HttpResponse {
+    json_error(status, message, None)
+}
+
+fn json_error(status: StatusCode, message: &str, expiry: Option<(&str, &str)>) -> HttpResponse {
+    let body = ErrorBody {
+        status_code: status.as_u16(),
+        status_message: status.canonical_reason().unwrap_or(""),
+        data: ErrorData {
+            message,
+            expires_at: expiry.map(|(e, _)| e),
+            server_time: expiry.map(|(_, s)| s),
+        },
+    };
+    let bytes = serde_json::to_vec(&body).unwrap_or_default();
+    HttpResponse::build(status)
+        .insert_header((header::CONTENT_TYPE, HeaderValue::from_static("application/json")))
+        .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
+        .body(bytes)
+}
+
+impl ResponseError for AppError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) | Self::UrlExpired { .. } => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        match self {
+            Self::Internal(_) => error_response(status, "Internal server error"),
+            Self::UrlExpired {
+                expires_at,
+                server_time,
+            } => json_error(
+                status,
+                "URL has expired",
+                Some((expires_at.as_str(), server_time.as_str())),
+            ),
+            Self::MethodNotAllowed(allow) => {
+                let mut response = error_response(status, "Method not allowed");
+                response
+                    .headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static(allow));
+                response
+            }
+            Self::RangeNotSatisfiable(size) => {
+                let mut response = error_response(status, "Requested range not satisfiable");
+                if let Ok(value) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                    response.headers_mut().insert(header::CONTENT_RANGE, value);
+                }
+                response
+            }
+            Self::Unavailable => {
+                let mut response = error_response(status, "Service temporarily unavailable");
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                response
+            }
+            other => error_response(status, &other.to_string()),
+        }
+    }
+}
+
+impl From<actix_web::error::BlockingError> for AppError {
+    fn from(err: actix_web::error::BlockingError) -> Self {
+        Self::Internal(anyhow::anyhow!("blocking task failed: {err}"))
+    }
+}
+
+impl From<r2d2::Error> for AppError {
+    fn from(err: r2d2::Error) -> Self {
+        // Every connection busy for the whole pool timeout: a load problem, not a bug.
+        tracing::warn!(error = %err, "database pool exhausted");
+        Self::Unavailable
+    }
+}
+
+impl From<rusqlite::Error> for AppError {
+    fn from(err: rusqlite::Error) -> Self {
+        Self::Internal(err.into())
+    }
+}
+
+impl From<std::io::Error> for AppError {
+    fn from(err: std::io::Error) -> Self {
+        Self::Internal(err.into())
+    }
+}

@@ -1,0 +1,26 @@
+//! chatfiles: files attached to chat conversations, stored on local disk and SQLite, handed
+//! back through time-limited signed URLs.
+#![warn(clippy::unwrap_used, clippy::expect_used)]
+
+/// Where "now" comes from (system or hand-driven).
+pub mod clock;
+/// Flags and environment, validated once.
+pub mod config;
+/// SQLite pool, schema and queries.
+pub mod db;
+/// The one error type and the contract's JSON error shape.
+pub mod error;
+/// Request id, error reshaping and the per-request log line.
+pub mod middleware;
+/// HTTP handlers, one module per concern.
+pub mod routes;
+/// The master secret and the keys derived from it.
+pub mod secrets;
+/// The SQLite-backed session store and typed session helpers.
+pub mod session;
+/// Signing and verifying download URLs.
+pub mod signing;
+/// Building and running the server.
+pub mod startup;
+/// Object files on disk: streaming writes, sweep.
+pub mod storage;

@@ -1,0 +1,357 @@
+//! `GET|HEAD /files/{key}`: the bytes behind a signed URL, with ranges, validators and the
+//! headers that keep a hostile upload from doing harm in a browser.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use actix_web::body::{BodySize, MessageBody, SizedStream};
+use actix_web::http::header;
+use actix_web::http::{Method, StatusCode};
+use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder, web};
+use bytes::Bytes;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use tokio::io::AsyncReadExt;
+use tokio_util::io::ReaderStream;
+
+use crate::clock::rfc3339;
+use crate::db::{self, FileRow};
+use crate::error::AppError;
+use crate::routes::method_not_allowed;
+use crate::signing::SignatureError;
+use crate::startup::AppState;
+use crate::storage;
+
+/// Bodies up to this size are read in one go; larger ones are streamed.
+const SMALL_BODY: u64 = 64 * 1024;
+const STREAM_CHUNK: usize = 64 * 1024;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/files/{key}")
+            .route(web::get().to(download))
+            .route(web::head().to(download))
+            .default_service(method_not_allowed("GET, HEAD")),
+    );
+}
+
+/// RFC 8187 `attr-char`: everything else in `filename*` is percent-encoded.
+const ATTR_CHAR_ESCAPES: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'!')
+    .remove(b'#')
+    .remove(b'$')
+    .remove(b'&')
+    .remove(b'+')
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'^')
+    .remove(b'_')
+    .remove(b'`')
+    .remove(b'|')
+    .remove(b'~');
+
+/// Whether a browser may show this type in place; anything that can run script (HTML, SVG,
+/// XML…) is always an attachment.
+fn is_inline_type(mime: &str) -> bool {
+    let essence = mime.split(';').next().unwrap_or_default().trim();
+    (essence.starts_with("image/") && essence != "image/svg+xml")
+        || essence.starts_with("audio/")
+        || essence.starts_with("video/")
+        || essence == "application/pdf"
+        || essence == "text/plain"
+}
+
+/// `inline` or `attachment`, with an ASCII `filename=` fallback and the exact name in
+/// `filename*` (RFC 6266 / RFC 8187).
+pub fn content_disposition(name: &str, mime: &str, force_download: bool) -> String {
+    let kind = if force_download || !is_inline_type(mime) {
+        "attachment"
+    } else {
+        "inline"
+    };
+    let fallback: String = name
+        .chars()
+        .map(|c| match c {
+            ' '..='~' if c != '"' && c != '\\' && c != '%' => c,
+            _ => '_',
+        })
+        .collect();
+    let encoded = utf8_percent_encode(name, ATTR_CHAR_ESCAPES);
+    format!("{kind}; filename=\"{fallback}\"; filename*=UTF-8''{encoded}")
+}
+
+/// The byte range to serve, per RFC 9110 §14.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeRequest {
+    /// No usable `Range`: the whole representation (a malformed or multi-range header is
+    /// ignored, as the RFC allows).
+    Full,
+    /// `start..=end`, both within the file.
+    Partial { start: u64, end: u64 },
+    Unsatisfiable,
+}
+
+pub fn parse_range(header: Option<&str>, size: u64) -> RangeRequest {
+    let Some(spec) = header.map(str::trim) else {
+        return RangeRequest::Full;
+    };
+    let Some(set) = spec
+        .split_once('=')
+        .filter(|(unit, _)| unit.trim().eq_ignore_ascii_case("bytes"))
+        .map(|(_, set)| set.trim())
+    else {
+        return RangeRequest::Full;
+    };
+    if set.contains(',') {
+        return RangeRequest::Full;
+    }
+    let Some((first, last)) = set.split_once('-') else {
+        return RangeRequest::Full;
+    };
+    let (first, last) = (first.trim(), last.trim());
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if first.is_empty() {
+        // Suffix range: the last N bytes.
+        if !digits(last) {
+            return RangeRequest::Full;
+        }
+        let Ok(len) = last.parse::<u64>() else {
+            return RangeRequest::Full;
+        };
+        if len == 0 || size == 0 {
+            return RangeRequest::Unsatisfiable;
+        }
+        return RangeRequest::Partial {
+            start: size.saturating_sub(len),
+            end: size - 1,
+        };
+    }
+    if !digits(first) || !(last.is_empty() || digits(last)) {
+        return RangeRequest::Full;
+    }
+    let Ok(start) = first.parse::<u64>() else {
+        return RangeRequest::Unsatisfiable;
+    };
+    let end = if last.is_empty() {
+        u64::MAX
+    } else {
+        match last.parse::<u64>() {
+            Ok(end) if end >= start => end,
+            Ok(_) => return RangeRequest::Full,
+            Err(_) => u64::MAX,
+        }
+    };
+    if start >= size {
+        return RangeRequest::Unsatisfiable;
+    }
+    RangeRequest::Partial {
+        start,
+        end: end.min(size - 1),
+    }
+}
+
+/// Whether an `If-None-Match` list matches `etag` (weak comparison, as RFC 9110 asks).
+fn none_match(header: &str, etag: &str) -> bool {
+    let bare = etag.trim_start_matches("W/");
+    header.split(',').map(str::trim).any(|tag| tag == "*" || tag.trim_start_matches("W/") == bare)
+}
+
+fn header_str<'a>(req: &'a HttpRequest, name: header::HeaderName) -> Option<&'a str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+fn http_date(unix: i64) -> String {
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(unix).unwrap_or(0));
+    httpdate::fmt_http_date(time)
+}
+
+async fn download(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    key: web::Path<String>,
+) -> Result<HttpResponse, AppError> {
+    let key = key.into_inner();
+    let now = state.clock.now();
+    let grant = state
+        .signer
+        .verify(&key, req.query_string(), now.timestamp())
+        .map_err(|err| match err {
+            SignatureError::Invalid => AppError::Forbidden("Invalid signature".into()),
+            SignatureError::Expired { expires } => AppError::UrlExpired {
+                expires_at: rfc3339(expires),
+                server_time: rfc3339(now.timestamp()),
+            },
+        })?;
+    // A signature can only be made for a key we issued, but check its shape anyway before
+    // it goes anywhere near the filesystem.
+    if !storage::is_valid_key(&key) {
+        return Err(AppError::NotFound("File not found"));
+    }
+    let lookup_key = key.clone();
+    let row = state
+        .db
+        .run(move |conn| db::find_object(conn, &lookup_key))
+        .await?
+        .ok_or(AppError::NotFound("File not found"))?;
+
+    let etag = format!("\"{}\"", row.sha256);
+    let last_modified = http_date(row.created_at);
+    let max_age = grant.expires.saturating_sub(now.timestamp()).max(0);
+    let mut response = HttpResponse::Ok();
+    response
+        .insert_header((header::ETAG, etag.as_str()))
+        .insert_header((header::LAST_MODIFIED, last_modified.as_str()))
+        .insert_header((header::CACHE_CONTROL, format!("private, max-age={max_age}")))
+        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .insert_header((header::CONTENT_SECURITY_POLICY, "default-src 'none'; sandbox"))
+        .insert_header((header::REFERRER_POLICY, "no-referrer"));
+
+    if not_modified(&req, &etag, row.created_at) {
+        return Ok(response.status(StatusCode::NOT_MODIFIED).finish());
+    }
+
+    let range_header = header_str(&req, header::RANGE).filter(|_| {
+        // If-Range: only honour Range when the client's copy is this exact representation.
+        header_str(&req, header::IF_RANGE).is_none_or(|v| v.trim() == etag || v.trim() == last_modified)
+    });
+    let (status, start, len) = match parse_range(range_header, row.size) {
+        RangeRequest::Full => (StatusCode::OK, 0, row.size),
+        RangeRequest::Partial { start, end } => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
+        RangeRequest::Unsatisfiable => return Err(AppError::RangeNotSatisfiable(row.size)),
+    };
+    let disposition = content_disposition(&row.name, &row.mime, grant.download);
+    response
+        .status(status)
+        .insert_header((header::CONTENT_TYPE, row.mime.as_str()))
+        .insert_header((header::ACCEPT_RANGES, "bytes"))
+        .insert_header((header::CONTENT_DISPOSITION, disposition));
+    if status == StatusCode::PARTIAL_CONTENT {
+        response.insert_header((
+            header::CONTENT_RANGE,
+            format!("bytes {start}-{}/{}", start + len - 1, row.size),
+        ));
+    }
+    if req.method() == Method::HEAD {
+        return Ok(response.body(HeadBody(len)));
+    }
+    body(&state, response, &row, start, len).await
+}
+
+/// `If-None-Match` (or, without it, `If-Modified-Since`) says the client's copy is current.
+fn not_modified(req: &HttpRequest, etag: &str, created_at: i64) -> bool {
+    if let Some(tags) = header_str(req, header::IF_NONE_MATCH) {
+        return none_match(tags, etag);
+    }
+    header_str(req, header::IF_MODIFIED_SINCE)
+        .and_then(|v| httpdate::parse_http_date(v).ok())
+        .and_then(|since| since.duration_since(std::time::UNIX_EPOCH).ok())
+        .is_some_and(|since| i64::try_from(since.as_secs()).unwrap_or(i64::MAX) >= created_at)
+}
+
+async fn body(
+    state: &AppState,
+    mut response: HttpResponseBuilder,
+    row: &FileRow,
+    start: u64,
+    len: u64,
+) -> Result<HttpResponse, AppError> {
+    let path = state
+        .storage
+        .object_path(&row.object_key)
+        .ok_or(AppError::NotFound("File not found"))?;
+    let expected = row.size;
+    let opened = web::block(move || -> std::io::Result<Result<(std::fs::File, Option<Vec<u8>>), AppError>> {
+        let mut file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            // Deleted between the lookup and now.
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Err(AppError::NotFound("File not found")));
+            }
+            Err(err) => return Err(err),
+        };
+        let actual = file.metadata()?.len();
+        if actual != expected {
+            return Ok(Err(AppError::Internal(anyhow::anyhow!(
+                "object {} is {actual} bytes on disk, {expected} in the database",
+                path.display()
+            ))));
+        }
+        file.seek(SeekFrom::Start(start))?;
+        if len <= SMALL_BODY {
+            let mut buf = Vec::with_capacity(len as usize);
+            (&mut file).take(len).read_to_end(&mut buf)?;
+            return Ok(Ok((file, Some(buf))));
+        }
+        Ok(Ok((file, None)))
+    })
+    .await??;
+    let (file, small) = opened?;
+    match small {
+        Some(bytes) => Ok(response.body(bytes)),
+        None => {
+            let reader = tokio::fs::File::from_std(file).take(len);
+            let stream = ReaderStream::with_capacity(reader, STREAM_CHUNK);
+            Ok(response.body(SizedStream::new(len, stream)))
+        }
+    }
+}
+
+/// The body of a HEAD response: announces the length a GET would send, sends nothing.
+struct HeadBody(u64);
+
+impl MessageBody for HeadBody {
+    type Error = std::convert::Infallible;
+
+    fn size(&self) -> BodySize {
+        BodySize::Sized(self.0)
+    }
+
+    fn poll_next(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        Poll::Ready(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_follow_rfc_9110() {
+        use RangeRequest::*;
+        assert_eq!(parse_range(None, 10), Full);
+        assert_eq!(parse_range(Some("bytes=0-4"), 10), Partial { start: 0, end: 4 });
+        assert_eq!(parse_range(Some("bytes=5-"), 10), Partial { start: 5, end: 9 });
+        assert_eq!(parse_range(Some("bytes=-3"), 10), Partial { start: 7, end: 9 });
+        assert_eq!(parse_range(Some("bytes=-30"), 10), Partial { start: 0, end: 9 });
+        assert_eq!(parse_range(Some("bytes=2-100"), 10), Partial { start: 2, end: 9 });
+        assert_eq!(parse_range(Some("bytes=10-"), 10), Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=-0"), 10), Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=0-"), 0), Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=5-2"), 10), Full);
+        assert_eq!(parse_range(Some("bytes=0-1,3-4"), 10), Full);
+        assert_eq!(parse_range(Some("items=0-1"), 10), Full);
+        assert_eq!(parse_range(Some("bytes=a-b"), 10), Full);
+        assert_eq!(parse_range(Some("bytes=99999999999999999999-"), 10), Unsatisfiable);
+    }
+
+    #[test]
+    fn dispositions_carry_an_ascii_fallback_and_the_exact_name() {
+        assert_eq!(
+            content_disposition("résumé \"final\".pdf", "application/pdf", false),
+            "inline; filename=\"r_sum_ _final_.pdf\"; filename*=UTF-8''r%C3%A9sum%C3%A9%20%22final%22.pdf"
+        );
+        assert!(content_disposition("a.png", "image/png", true).starts_with("attachment;"));
+        assert!(content_disposition("a.svg", "image/svg+xml", false).starts_with("attachment;"));
+        assert!(content_disposition("a.html", "text/html", false).starts_with("attachment;"));
+        assert!(content_disposition("a.txt", "text/plain; charset=utf-8", false).starts_with("inline;"));
+        assert!(content_disposition("a.mp4", "video/mp4", false).starts_with("inline;"));
+    }
+
+    #[test]
+    fn if_none_match_compares_weakly() {
+        assert!(none_match("\"abc\"", "\"abc\""));
+        assert!(none_match("W/\"abc\", \"x\"", "\"abc\""));
+        assert!(none_match("*", "\"abc\""));
+        assert!(!none_match("\"abd\"", "\"abc\""));
+    }
+}

@@ -1,0 +1,165 @@
+//! HTTP routes, one module per concern, each with a `configure()`; and what they share.
+
+pub mod auth;
+pub mod chats;
+pub mod downloads;
+pub mod files;
+mod upload;
+
+use std::future::{Ready, ready};
+
+use actix_web::dev::Payload;
+use actix_web::{FromRequest, HttpRequest, Route, web};
+use serde::Serialize;
+
+use crate::clock::rfc3339;
+use crate::db::FileRow;
+use crate::error::AppError;
+use crate::session::AuthUser;
+use crate::startup::AppState;
+
+/// Parses a path id: a positive integer that fits in an i64, written in plain digits.
+pub fn parse_id(raw: &str, what: &'static str) -> Result<i64, AppError> {
+    raw.bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| raw.parse::<i64>().ok())
+        .flatten()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| AppError::BadRequest(format!("Invalid {what} id")))
+}
+
+/// The ids of a `/api/users/{user_id}/…` path, checked in the contract's order: a live
+/// session (401), well-formed ids (400), the session's own user (404).
+fn owned_ids<const N: usize>(req: &HttpRequest, names: [(&str, &'static str); N]) -> Result<[i64; N], AppError> {
+    let user = AuthUser::extract(req).into_inner()?;
+    let mut ids = [0i64; N];
+    for (slot, (param, what)) in ids.iter_mut().zip(names) {
+        *slot = parse_id(req.match_info().get(param).unwrap_or_default(), what)?;
+    }
+    if ids.first() != Some(&user.id) {
+        return Err(AppError::NotFound("User not found"));
+    }
+    Ok(ids)
+}
+
+/// `/api/users/{user_id}` of the logged-in user.
+#[derive(Debug, Clone, Copy)]
+pub struct UserPath {
+    pub user_id: i64,
+}
+
+/// `/api/users/{user_id}/chats/{chat_id}` of the logged-in user (the chat itself unchecked).
+#[derive(Debug, Clone, Copy)]
+pub struct ChatPath {
+    pub user_id: i64,
+    pub chat_id: i64,
+}
+
+/// `/api/users/{user_id}/chats/{chat_id}/files/{file_id}` of the logged-in user.
+#[derive(Debug, Clone, Copy)]
+pub struct FilePath {
+    pub user_id: i64,
+    pub chat_id: i64,
+    pub file_id: i64,
+}
+
+impl FromRequest for UserPath {
+    type Error = AppError;
+    type Future = Ready<Result<Self, AppError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(owned_ids(req, [("user_id", "user")]).map(|[user_id]| Self { user_id }))
+    }
+}
+
+impl FromRequest for ChatPath {
+    type Error = AppError;
+    type Future = Ready<Result<Self, AppError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(
+            owned_ids(req, [("user_id", "user"), ("chat_id", "chat")])
+                .map(|[user_id, chat_id]| Self { user_id, chat_id }),
+        )
+    }
+}
+
+impl FromRequest for FilePath {
+    type Error = AppError;
+    type Future = Ready<Result<Self, AppError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(
+            owned_ids(req, [("user_id", "user"), ("chat_id", "chat"), ("file_id", "file")]).map(
+                |[user_id, chat_id, file_id]| Self {
+                    user_id,
+                    chat_id,
+                    file_id,
+                },
+            ),
+        )
+    }
+}
+
+/// A file as the seed endpoint shows it.
+#[derive(Debug, Serialize)]
+pub struct ChatFile {
+    pub id: i64,
+    pub chat_conversation_id: i64,
+    pub name: String,
+    pub size: u64,
+    #[serde(rename = "type")]
+    pub mime: String,
+    pub created_at: String,
+    pub url: String,
+}
+
+impl AppState {
+    /// The API view of a stored file, with a signed URL valid from now for the URL TTL.
+    pub fn chat_file(&self, row: FileRow, expires: i64, download: bool) -> ChatFile {
+        let url = format!(
+            "{}/files/{}?{}",
+            self.public_base,
+            row.object_key,
+            self.signer.query(&row.object_key, expires, download)
+        );
+        ChatFile {
+            id: row.id,
+            chat_conversation_id: row.chat_id,
+            name: row.name,
+            size: row.size,
+            mime: row.mime,
+            created_at: rfc3339(row.created_at),
+            url,
+        }
+    }
+
+    /// The expiry to put in URLs handed out now.
+    pub fn url_expiry(&self) -> i64 {
+        crate::signing::expiry(self.clock.unix(), self.url_ttl_secs)
+    }
+}
+
+/// A resource's answer to a method it does not serve: 405 with `Allow`.
+pub fn method_not_allowed(allow: &'static str) -> Route {
+    web::to(move || ready(Err::<(), _>(AppError::MethodNotAllowed(allow))))
+}
+
+/// Like [`method_not_allowed`], on routes where a missing session answers 401 first.
+pub fn method_not_allowed_after_login(allow: &'static str) -> Route {
+    web::to(move |_: AuthUser| ready(Err::<(), _>(AppError::MethodNotAllowed(allow))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_positive_plain_integers() {
+        assert_eq!(parse_id("42", "chat").ok(), Some(42));
+        assert_eq!(parse_id("9223372036854775807", "chat").ok(), Some(i64::MAX));
+        for bad in ["0", "-1", "+1", "abc", "", "1.5", " 1", "9223372036854775808", "0x10"] {
+            assert!(parse_id(bad, "chat").is_err(), "{bad}");
+        }
+    }
+}

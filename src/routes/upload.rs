@@ -1,0 +1,346 @@
+//! Receiving uploads: each `file` part is streamed to a temp file while hashed and counted,
+//! then all of a request's files are committed together, or none.
+
+use actix_multipart::{Field, Multipart, MultipartError};
+use actix_web::web;
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use mime::Mime;
+
+use crate::db::{self, FileRow, NewFile};
+use crate::error::AppError;
+use crate::startup::AppState;
+use crate::storage::{self, TempObject};
+
+/// Bytes gathered before one trip to the blocking pool to write them.
+const WRITE_BATCH: usize = 256 * 1024;
+/// Parts of any name in one request.
+const MAX_PARTS: usize = 100;
+/// Bytes of a part that is not a file (ignored, but read).
+const MAX_OTHER_PART: usize = 64 * 1024;
+/// After refusing a request as too large, how much more of its body we read (and throw away)
+/// so that the client sees the 413 instead of a reset connection.
+const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
+const MAX_NAME_BYTES: usize = 255;
+const MAX_EXTENSION_BYTES: usize = 16;
+const FALLBACK_NAME: &str = "file";
+
+/// A file received into the temp area, not yet committed.
+pub struct Received {
+    temp: TempObject,
+    name: String,
+    mime: String,
+    sha256: String,
+    size: u64,
+}
+
+fn multipart_error(err: MultipartError) -> AppError {
+    match err {
+        MultipartError::ContentTypeMissing
+        | MultipartError::ContentTypeParse
+        | MultipartError::ContentTypeIncompatible => {
+            AppError::UnsupportedMediaType("Content-Type must be multipart/form-data".into())
+        }
+        MultipartError::Nested => AppError::BadRequest("Nested multipart parts are not supported".into()),
+        MultipartError::Payload(actix_web::error::PayloadError::Overflow) => {
+            AppError::PayloadTooLarge("Request body is too large".into())
+        }
+        other => AppError::BadRequest(format!("Malformed multipart body: {other}")),
+    }
+}
+
+/// Whether `c` is one of the bidirectional controls that can make `evil.exe` look like `exe.pdf`.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// The stored name for an uploaded file name: its last path component (`/` or `\`), without
+/// control or bidi characters, trimmed, at most 255 bytes (shortened in the stem, keeping an
+/// extension of up to 16 bytes); `file` when nothing (or only dots) is left.
+pub fn sanitize_name(raw: &str) -> String {
+    let last = raw.rsplit(['/', '\\']).next().unwrap_or_default();
+    let cleaned: String = last
+        .chars()
+        .filter(|c| !c.is_control() && !is_bidi_control(*c))
+        .collect();
+    let name = cleaned.trim();
+    if name.chars().all(|c| c == '.') {
+        return FALLBACK_NAME.to_owned();
+    }
+    if name.len() <= MAX_NAME_BYTES {
+        return name.to_owned();
+    }
+    let extension = name
+        .rfind('.')
+        .filter(|&dot| dot > 0 && name.len() - dot <= MAX_EXTENSION_BYTES)
+        .map_or("", |dot| &name[dot..]);
+    let stem = &name[..name.len() - extension.len()];
+    let mut cut = MAX_NAME_BYTES - extension.len();
+    while !stem.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}{extension}", stem[..cut].trim_end())
+}
+
+/// The stored MIME type: the part's own when it is specific (lowercased, only `charset` kept),
+/// else a guess from the name, else `application/octet-stream`.
+pub fn effective_type(declared: Option<&Mime>, name: &str) -> String {
+    if let Some(mime) = declared.filter(|m| *m != &mime::APPLICATION_OCTET_STREAM) {
+        let essence = mime.essence_str().to_ascii_lowercase();
+        return match mime.get_param(mime::CHARSET) {
+            Some(charset) => format!("{essence}; charset={}", charset.as_str().to_ascii_lowercase()),
+            None => essence,
+        };
+    }
+    mime_guess::from_path(name)
+        .first()
+        .map_or_else(|| mime::APPLICATION_OCTET_STREAM.to_string(), |m| m.essence_str().to_owned())
+}
+
+/// Reads every part of the request. On any failure nothing it wrote stays behind.
+pub async fn receive_files(state: &AppState, mut multipart: Multipart) -> Result<Vec<Received>, AppError> {
+    let mut received = Vec::new();
+    let mut current = None;
+    let result = read_parts(state, &mut multipart, &mut received, &mut current).await;
+    match result {
+        Ok(()) if received.is_empty() => Err(AppError::BadRequest(
+            "The request has no part named \"file\"".into(),
+        )),
+        Ok(()) => Ok(received),
+        Err(err) => {
+            // Deleting temp files is blocking work: do it off the async worker.
+            let _ = web::block(move || drop((received, current))).await;
+            if matches!(err, AppError::PayloadTooLarge(_)) {
+                drain(&mut multipart).await;
+            }
+            Err(err)
+        }
+    }
+}
+
+async fn read_parts(
+    state: &AppState,
+    multipart: &mut Multipart,
+    received: &mut Vec<Received>,
+    current: &mut Option<TempObject>,
+) -> Result<(), AppError> {
+    let mut parts = 0;
+    while let Some(field) = multipart.next().await {
+        let mut field = field.map_err(multipart_error)?;
+        parts += 1;
+        if parts > MAX_PARTS {
+            return Err(AppError::PayloadTooLarge(format!(
+                "A request may carry at most {MAX_PARTS} parts"
+            )));
+        }
+        if field.name() != Some("file") {
+            skip_part(&mut field).await?;
+            continue;
+        }
+        let raw_name = field
+            .content_disposition()
+            .and_then(|cd| cd.get_filename())
+            .unwrap_or_default();
+        let name = sanitize_name(raw_name);
+        let mime = effective_type(field.content_type(), &name);
+        let (sha256, size) = receive_part(state, &mut field, current).await?;
+        if let Some(temp) = current.take() {
+            received.push(Received {
+                temp,
+                name,
+                mime,
+                sha256,
+                size,
+            });
+        }
+    }
+    Ok(())
+}
+
+async fn skip_part(field: &mut Field) -> Result<(), AppError> {
+    let mut seen = 0;
+    while let Some(chunk) = field.next().await {
+        seen += chunk.map_err(multipart_error)?.len();
+        if seen > MAX_OTHER_PART {
+            return Err(AppError::PayloadTooLarge("A form field is too large".into()));
+        }
+    }
+    Ok(())
+}
+
+/// Streams one part into a new temp object left in `current`; returns its hash and size.
+async fn receive_part(
+    state: &AppState,
+    field: &mut Field,
+    current: &mut Option<TempObject>,
+) -> Result<(String, u64), AppError> {
+    let storage = state.storage.clone();
+    *current = Some(web::block(move || storage.create_temp()).await??);
+    let limit = state.max_file_size;
+    let mut written: u64 = 0;
+    let mut buffer = BytesMut::new();
+    while let Some(chunk) = field.next().await {
+        let chunk = chunk.map_err(multipart_error)?;
+        if written + (buffer.len() + chunk.len()) as u64 > limit {
+            return Err(AppError::PayloadTooLarge(format!(
+                "File exceeds the maximum size of {limit} bytes"
+            )));
+        }
+        buffer.extend_from_slice(&chunk);
+        if buffer.len() >= WRITE_BATCH {
+            written += buffer.len() as u64;
+            write(current, buffer.split().freeze()).await?;
+        }
+    }
+    if !buffer.is_empty() {
+        write(current, buffer.freeze()).await?;
+    }
+    let mut temp = current
+        .take()
+        .ok_or_else(|| AppError::Internal(anyhow::anyhow!("upload lost its temp file")))?;
+    let (temp, sha256, size) = web::block(move || {
+        let (sha256, size) = temp.finish()?;
+        Ok::<_, std::io::Error>((temp, sha256, size))
+    })
+    .await??;
+    *current = Some(temp);
+    Ok((sha256, size))
+}
+
+async fn write(current: &mut Option<TempObject>, data: bytes::Bytes) -> Result<(), AppError> {
+    let mut temp = current
+        .take()
+        .ok_or_else(|| AppError::Internal(anyhow::anyhow!("upload lost its temp file")))?;
+    let temp = web::block(move || {
+        temp.write(&data)?;
+        Ok::<_, std::io::Error>(temp)
+    })
+    .await??;
+    *current = Some(temp);
+    Ok(())
+}
+
+/// Reads and discards what is left of a refused body, up to [`DRAIN_LIMIT`].
+async fn drain(multipart: &mut Multipart) {
+    let mut drained = 0;
+    while let Some(Ok(mut field)) = multipart.next().await {
+        while let Some(Ok(chunk)) = field.next().await {
+            drained += chunk.len();
+            if drained > DRAIN_LIMIT {
+                return;
+            }
+        }
+    }
+}
+
+impl AppState {
+    /// Commits received files: bytes renamed into place (durably), then every row in one
+    /// transaction. If the rows cannot be written (or the chat vanished meanwhile) the bytes
+    /// are removed again; a crash in between leaves orphans that the next start sweeps.
+    pub async fn store_uploads(
+        &self,
+        user_id: i64,
+        chat_id: i64,
+        received: Vec<Received>,
+    ) -> Result<Vec<FileRow>, AppError> {
+        let storage = self.storage.clone();
+        let files = web::block(move || -> Result<Vec<NewFile>, AppError> {
+            let mut files: Vec<NewFile> = Vec::with_capacity(received.len());
+            let mut pending = received.into_iter();
+            for item in pending.by_ref() {
+                let key = storage::new_key();
+                if let Err(err) = storage.commit(item.temp, &key) {
+                    for done in &files {
+                        let _ = storage.remove(&done.object_key);
+                    }
+                    return Err(err.into());
+                }
+                files.push(NewFile {
+                    object_key: key,
+                    name: item.name,
+                    size: item.size,
+                    mime: item.mime,
+                    sha256: item.sha256,
+                });
+            }
+            Ok(files)
+        })
+        .await??;
+        let keys: Vec<String> = files.iter().map(|f| f.object_key.clone()).collect();
+        let now = self.clock.unix();
+        let inserted = self
+            .db
+            .run(move |conn| db::insert_files(conn, user_id, chat_id, &files, now))
+            .await;
+        match inserted {
+            Ok(Some(rows)) => Ok(rows),
+            Ok(None) => {
+                self.remove_objects(keys).await;
+                Err(AppError::NotFound("Chat not found"))
+            }
+            Err(err) => {
+                self.remove_objects(keys).await;
+                Err(err)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_lose_their_paths() {
+        assert_eq!(sanitize_name("../../etc/passwd"), "passwd");
+        assert_eq!(sanitize_name("..\\evil.txt"), "evil.txt");
+        assert_eq!(sanitize_name("C:\\Users\\me\\report.pdf"), "report.pdf");
+        assert_eq!(sanitize_name("dir/"), "file");
+    }
+
+    #[test]
+    fn names_lose_control_and_bidi_characters() {
+        assert_eq!(sanitize_name("a\u{0}b\r\nc.txt"), "abc.txt");
+        assert_eq!(sanitize_name("invoice\u{202E}fdp.exe"), "invoicefdp.exe");
+        assert_eq!(sanitize_name("\u{2066}x\u{2069}"), "x");
+        assert_eq!(sanitize_name("  spaced.txt  "), "spaced.txt");
+    }
+
+    #[test]
+    fn empty_or_dot_names_become_file() {
+        for raw in ["", "   ", ".", "..", "...", "\u{0}", "a/.."] {
+            assert_eq!(sanitize_name(raw), "file", "{raw:?}");
+        }
+        assert_eq!(sanitize_name(".bashrc"), ".bashrc");
+        assert_eq!(sanitize_name("naïve café.txt"), "naïve café.txt");
+    }
+
+    #[test]
+    fn long_names_are_cut_in_the_stem_on_a_char_boundary() {
+        let long = format!("{}.pdf", "é".repeat(300));
+        let cut = sanitize_name(&long);
+        assert!(cut.len() <= 255);
+        assert!(cut.ends_with("é.pdf"), "{cut}");
+        let no_ext = "x".repeat(400);
+        assert_eq!(sanitize_name(&no_ext).len(), 255);
+        let long_ext = format!("{}.{}", "a".repeat(300), "b".repeat(40));
+        assert_eq!(sanitize_name(&long_ext).len(), 255);
+        assert!(sanitize_name(&long_ext).starts_with("aaa"));
+        let exactly = "y".repeat(255);
+        assert_eq!(sanitize_name(&exactly), exactly);
+    }
+
+    #[test]
+    fn types_come_from_the_part_then_the_name() {
+        let pdf: Mime = "Application/PDF".parse().unwrap_or(mime::TEXT_PLAIN);
+        assert_eq!(effective_type(Some(&pdf), "x.bin"), "application/pdf");
+        let text: Mime = "text/plain; charset=UTF-8; format=flowed"
+            .parse()
+            .unwrap_or(mime::APPLICATION_JSON);
+        assert_eq!(effective_type(Some(&text), "x"), "text/plain; charset=utf-8");
+        let octet = mime::APPLICATION_OCTET_STREAM;
+        assert_eq!(effective_type(Some(&octet), "photo.png"), "image/png");
+        assert_eq!(effective_type(None, "doc.pdf"), "application/pdf");
+        assert_eq!(effective_type(None, "mystery"), "application/octet-stream");
+    }
+}

@@ -1,0 +1,174 @@
+//! Login sessions: an actix-session store backed by SQLite, and the typed extractors handlers use.
+//!
+//! The cookie carries only an opaque random id (256 bits, signed with the session key); the
+//! state lives in the `session` table under the id's SHA-256.
+
+use std::collections::HashMap;
+use std::future::{Ready, ready};
+use std::sync::Arc;
+
+use actix_session::storage::{LoadError, SaveError, SessionKey, SessionStore, UpdateError};
+use actix_session::{Session, SessionExt};
+use actix_web::cookie::time::Duration;
+use actix_web::{FromRequest, HttpRequest, dev::Payload};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+use crate::clock::Clock;
+use crate::db::{self, Db};
+use crate::error::AppError;
+
+const USER_ID: &str = "user_id";
+
+/// Keeps actix-session's state in the `session` table.
+#[derive(Clone)]
+pub struct SqliteSessionStore {
+    db: Db,
+    clock: Arc<dyn Clock>,
+}
+
+impl SqliteSessionStore {
+    pub fn new(db: Db, clock: Arc<dyn Clock>) -> Self {
+        Self { db, clock }
+    }
+
+    fn expiry(&self, ttl: &Duration) -> (i64, i64) {
+        let now = self.clock.unix();
+        (now, now.saturating_add(ttl.whole_seconds()))
+    }
+}
+
+fn id_hash(key: &SessionKey) -> String {
+    hex::encode(Sha256::digest(key.as_ref().as_bytes()))
+}
+
+fn new_session_key() -> Result<SessionKey, anyhow::Error> {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    SessionKey::try_from(URL_SAFE_NO_PAD.encode(bytes)).map_err(anyhow::Error::from)
+}
+
+fn user_of(state: &HashMap<String, String>) -> Option<i64> {
+    state.get(USER_ID).and_then(|v| serde_json::from_str(v).ok())
+}
+
+fn to_anyhow(err: AppError) -> anyhow::Error {
+    match err {
+        AppError::Internal(err) => err,
+        other => anyhow::anyhow!("{other}"),
+    }
+}
+
+impl SessionStore for SqliteSessionStore {
+    async fn load(&self, session_key: &SessionKey) -> Result<Option<HashMap<String, String>>, LoadError> {
+        let hash = id_hash(session_key);
+        let now = self.clock.unix();
+        let state = self
+            .db
+            .run(move |conn| db::load_session(conn, &hash, now))
+            .await
+            .map_err(|e| LoadError::Other(to_anyhow(e)))?;
+        state
+            .map(|s| serde_json::from_str(&s).map_err(|e| LoadError::Deserialization(e.into())))
+            .transpose()
+    }
+
+    async fn save(&self, state: HashMap<String, String>, ttl: &Duration) -> Result<SessionKey, SaveError> {
+        let body = serde_json::to_string(&state).map_err(|e| SaveError::Serialization(e.into()))?;
+        let key = new_session_key().map_err(SaveError::Other)?;
+        let hash = id_hash(&key);
+        let user = user_of(&state);
+        let (_, expires) = self.expiry(ttl);
+        self.db
+            .run(move |conn| db::insert_session(conn, &hash, user, &body, expires))
+            .await
+            .map_err(|e| SaveError::Other(to_anyhow(e)))?;
+        Ok(key)
+    }
+
+    async fn update(
+        &self,
+        session_key: SessionKey,
+        state: HashMap<String, String>,
+        ttl: &Duration,
+    ) -> Result<SessionKey, UpdateError> {
+        let body = serde_json::to_string(&state).map_err(|e| UpdateError::Serialization(e.into()))?;
+        let hash = id_hash(&session_key);
+        let user = user_of(&state);
+        let (now, expires) = self.expiry(ttl);
+        let updated = self
+            .db
+            .run(move |conn| db::update_session(conn, &hash, user, &body, expires, now))
+            .await
+            .map_err(|e| UpdateError::Other(to_anyhow(e)))?;
+        if updated {
+            return Ok(session_key);
+        }
+        // The session ended while the request ran (logout elsewhere, expiry): never revive it.
+        self.save(state, ttl).await.map_err(|e| match e {
+            SaveError::Serialization(e) => UpdateError::Serialization(e),
+            SaveError::Other(e) => UpdateError::Other(e),
+        })
+    }
+
+    async fn update_ttl(&self, session_key: &SessionKey, ttl: &Duration) -> Result<(), anyhow::Error> {
+        let hash = id_hash(session_key);
+        let (now, expires) = self.expiry(ttl);
+        // Rolling expiry to within a minute (or a tenth of a short TTL) is plenty, and spares
+        // a database write on nearly every request.
+        let slack = (ttl.whole_seconds() / 10).clamp(0, 60);
+        self.db
+            .run(move |conn| db::touch_session(conn, &hash, expires, now, slack))
+            .await
+            .map_err(to_anyhow)
+    }
+
+    async fn delete(&self, session_key: &SessionKey) -> Result<(), anyhow::Error> {
+        let hash = id_hash(session_key);
+        self.db
+            .run(move |conn| db::delete_session(conn, &hash))
+            .await
+            .map_err(to_anyhow)
+    }
+}
+
+/// Starts a fresh session for `user_id` (a new id, so a pre-login id cannot be fixed on a victim).
+pub fn log_in(session: &Session, user_id: i64) -> Result<(), AppError> {
+    session.renew();
+    session
+        .insert(USER_ID, user_id)
+        .map_err(|e| AppError::Internal(anyhow::anyhow!("cannot store session state: {e}")))
+}
+
+/// The logged-in user's id, if any.
+pub fn current_user(session: &Session) -> Option<i64> {
+    session.get::<i64>(USER_ID).ok().flatten()
+}
+
+/// Ends the session: the row is deleted and the cookie removed. False when there was none.
+pub fn log_out(session: &Session) -> bool {
+    let had_user = current_user(session).is_some();
+    session.purge();
+    had_user
+}
+
+/// The logged-in user; extracting it answers 401 when there is no live session.
+#[derive(Debug, Clone, Copy)]
+pub struct AuthUser {
+    pub id: i64,
+}
+
+impl FromRequest for AuthUser {
+    type Error = AppError;
+    type Future = Ready<Result<Self, AppError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(
+            current_user(&req.get_session())
+                .map(|id| AuthUser { id })
+                .ok_or(AppError::Unauthorized("Unauthorized")),
+        )
+    }
+}

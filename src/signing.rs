@@ -1,0 +1,206 @@
+//! Signed download URLs: pure functions of a key, the object, the expiry and the clock.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Why a download URL was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignatureError {
+    /// Missing, malformed or wrong signature, or a parameter changed after signing.
+    Invalid,
+    /// Correctly signed, but `expires` (unix seconds) has passed.
+    Expired { expires: i64 },
+}
+
+/// What a correctly signed, unexpired URL grants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    pub expires: i64,
+    /// Serve as an attachment whatever the type.
+    pub download: bool,
+}
+
+/// Signs and verifies download URLs with one HMAC-SHA256 key.
+#[derive(Clone)]
+pub struct UrlSigner {
+    // Keyed once; cloning the state is cheaper than re-keying for every URL.
+    mac: HmacSha256,
+    kid: String,
+}
+
+impl std::fmt::Debug for UrlSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UrlSigner").field("kid", &self.kid).finish_non_exhaustive()
+    }
+}
+
+/// The expiry for a URL made at `now`: `now + ttl` rounded up to a whole minute, so that every
+/// listing within the same minute hands out byte-identical (cacheable) URLs.
+pub fn expiry(now: i64, ttl_secs: u64) -> i64 {
+    let ttl = i64::try_from(ttl_secs).unwrap_or(i64::MAX / 2);
+    let at = now.saturating_add(ttl);
+    at.saturating_add(59).div_euclid(60).saturating_mul(60)
+}
+
+impl UrlSigner {
+    /// `kid` names the key in every URL so that a later rotation can tell keys apart.
+    pub fn new(key: &[u8], kid: impl Into<String>) -> Self {
+        // HMAC accepts keys of any length, so this cannot fail.
+        let mac = <HmacSha256 as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
+        Self {
+            mac,
+            kid: kid.into(),
+        }
+    }
+
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    fn mac_for(&self, object_key: &str, expires: i64, download: bool) -> HmacSha256 {
+        // Fields are separated by a byte that none of them may contain, so no two different
+        // URLs share a canonical string.
+        let mut mac = self.mac.clone();
+        mac.update(b"chatfiles-url-v1\n");
+        mac.update(self.kid.as_bytes());
+        mac.update(b"\n");
+        mac.update(object_key.as_bytes());
+        mac.update(b"\n");
+        mac.update(expires.to_string().as_bytes());
+        mac.update(if download { b"\ndownload=1" } else { b"\n" });
+        mac
+    }
+
+    /// The query string (without `?`) that makes `/files/{object_key}` valid until `expires`.
+    pub fn query(&self, object_key: &str, expires: i64, download: bool) -> String {
+        let signature = URL_SAFE_NO_PAD.encode(
+            self.mac_for(object_key, expires, download)
+                .finalize()
+                .into_bytes(),
+        );
+        let mut query = format!("expires={expires}&kid={}&signature={signature}", self.kid);
+        if download {
+            query.push_str("&download=1");
+        }
+        query
+    }
+
+    /// Checks a request's raw query string against `object_key` at time `now`.
+    ///
+    /// Unknown parameters are ignored (they cannot change the response); a repeated or altered
+    /// known one invalidates the URL. The signature is checked before the expiry, so an expired
+    /// answer is only ever given for a URL we really issued.
+    pub fn verify(&self, object_key: &str, query: &str, now: i64) -> Result<Grant, SignatureError> {
+        let mut expires = None;
+        let mut signature = None;
+        let mut kid = None;
+        let mut download = None;
+        for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
+            let slot = match name.as_ref() {
+                "expires" => &mut expires,
+                "signature" => &mut signature,
+                "kid" => &mut kid,
+                "download" => &mut download,
+                _ => continue,
+            };
+            if slot.replace(value).is_some() {
+                return Err(SignatureError::Invalid);
+            }
+        }
+        let expires_raw = expires.ok_or(SignatureError::Invalid)?;
+        if expires_raw.is_empty() || !expires_raw.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(SignatureError::Invalid);
+        }
+        let expires: i64 = expires_raw.parse().map_err(|_| SignatureError::Invalid)?;
+        if kid.as_deref() != Some(self.kid.as_str()) {
+            return Err(SignatureError::Invalid);
+        }
+        let download = match download.as_deref() {
+            None => false,
+            Some("1") => true,
+            Some(_) => return Err(SignatureError::Invalid),
+        };
+        let signature = signature
+            .and_then(|s| URL_SAFE_NO_PAD.decode(s.as_bytes()).ok())
+            .ok_or(SignatureError::Invalid)?;
+        self.mac_for(object_key, expires, download)
+            .verify_slice(&signature)
+            .map_err(|_| SignatureError::Invalid)?;
+        if now >= expires {
+            return Err(SignatureError::Expired { expires });
+        }
+        Ok(Grant { expires, download })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "0123456789abcdef0123456789abcdef";
+
+    fn signer() -> UrlSigner {
+        UrlSigner::new(b"test key material, 32 bytes long", "k1")
+    }
+
+    #[test]
+    fn expiry_rounds_up_to_the_minute() {
+        assert_eq!(expiry(0, 900), 900);
+        assert_eq!(expiry(1, 900), 960);
+        assert_eq!(expiry(59, 900), 960);
+        assert_eq!(expiry(60, 1), 120);
+    }
+
+    #[test]
+    fn a_fresh_url_verifies_until_it_expires() {
+        let query = signer().query(KEY, 960, false);
+        assert_eq!(
+            signer().verify(KEY, &query, 959),
+            Ok(Grant {
+                expires: 960,
+                download: false
+            })
+        );
+        assert_eq!(
+            signer().verify(KEY, &query, 960),
+            Err(SignatureError::Expired { expires: 960 })
+        );
+    }
+
+    #[test]
+    fn the_download_flag_is_covered() {
+        let query = signer().query(KEY, 960, true);
+        assert_eq!(signer().verify(KEY, &query, 0).map(|g| g.download), Ok(true));
+        let stripped = query.replace("&download=1", "");
+        assert_eq!(signer().verify(KEY, &stripped, 0), Err(SignatureError::Invalid));
+        let added = format!("{}&download=1", signer().query(KEY, 960, false));
+        assert_eq!(signer().verify(KEY, &added, 0), Err(SignatureError::Invalid));
+    }
+
+    #[test]
+    fn any_change_invalidates() {
+        let query = signer().query(KEY, 960, false);
+        let other_key = "1123456789abcdef0123456789abcdef";
+        assert_eq!(signer().verify(other_key, &query, 0), Err(SignatureError::Invalid));
+        let later = query.replace("expires=960", "expires=1020");
+        assert_eq!(signer().verify(KEY, &later, 0), Err(SignatureError::Invalid));
+        let doubled = format!("{query}&expires=960");
+        assert_eq!(signer().verify(KEY, &doubled, 0), Err(SignatureError::Invalid));
+        let other = UrlSigner::new(b"another key, also 32 bytes long!", "k1");
+        assert_eq!(other.verify(KEY, &query, 0), Err(SignatureError::Invalid));
+        assert_eq!(signer().verify(KEY, "expires=960&kid=k1", 0), Err(SignatureError::Invalid));
+        assert_eq!(signer().verify(KEY, "", 0), Err(SignatureError::Invalid));
+        let signed_negative = query.replace("expires=960", "expires=-960");
+        assert_eq!(signer().verify(KEY, &signed_negative, 0), Err(SignatureError::Invalid));
+    }
+
+    #[test]
+    fn unknown_parameters_are_ignored() {
+        let query = format!("{}&utm_source=mail", signer().query(KEY, 960, false));
+        assert!(signer().verify(KEY, &query, 0).is_ok());
+    }
+}

@@ -1,0 +1,195 @@
+//! Building the application: storage, secrets, database, sweep, and the HTTP server on its
+//! listener; `run_until_stopped` serves until SIGINT/SIGTERM or a stop through the handle.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_session::SessionMiddleware;
+use actix_session::config::{CookieContentSecurity, PersistentSession, TtlExtensionPolicy};
+use actix_web::cookie::SameSite;
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpServer, web};
+use anyhow::Context;
+
+use crate::clock::Clock;
+use crate::config::{Config, Signup, public_base};
+use crate::db::{self, Db};
+use crate::middleware::{envelope, json_error, not_found, query_error};
+use crate::routes;
+use crate::secrets::{derive_keys, load_master};
+use crate::session::SqliteSessionStore;
+use crate::signing::UrlSigner;
+use crate::storage::Storage;
+
+/// The cookie Neptun's clients send.
+pub const SESSION_COOKIE: &str = "neptun-session";
+/// Largest JSON body accepted (sign-up, login, chats).
+const JSON_LIMIT: usize = 16 * 1024;
+/// How often expired sessions are purged.
+const SESSION_PURGE_EVERY: Duration = Duration::from_secs(600);
+
+/// What every handler shares.
+pub struct AppState {
+    pub db: Db,
+    pub storage: Storage,
+    pub signer: UrlSigner,
+    pub clock: Arc<dyn Clock>,
+    /// Absolute base of download URLs, without a trailing slash.
+    pub public_base: String,
+    pub url_ttl_secs: u64,
+    pub max_file_size: u64,
+    pub signup_open: bool,
+}
+
+impl AppState {
+    /// Removes objects whose rows are gone. A failure only leaves an orphan for the next
+    /// start's sweep, so it is logged, not returned.
+    pub async fn remove_objects(&self, keys: Vec<String>) {
+        if keys.is_empty() {
+            return;
+        }
+        let storage = self.storage.clone();
+        let result = web::block(move || {
+            for key in &keys {
+                if let Err(err) = storage.remove(key) {
+                    tracing::warn!(object = %key, error = %err, "could not remove an object; the next start sweeps it");
+                }
+            }
+        })
+        .await;
+        if let Err(err) = result {
+            tracing::warn!(error = %err, "object removal did not run");
+        }
+    }
+}
+
+/// A built, bound, not yet running service.
+pub struct Application {
+    server: Server,
+    addr: SocketAddr,
+    db: Db,
+    clock: Arc<dyn Clock>,
+}
+
+impl Application {
+    /// Prepares everything and binds the listener; requests are accepted once it runs.
+    pub fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        let storage = Storage::open(&config.storage_dir)
+            .with_context(|| format!("cannot prepare storage directory {}", config.storage_dir.display()))?;
+        let master = load_master(&config.storage_dir, config.secret.as_ref())?;
+        let keys = derive_keys(&master);
+        drop(master);
+
+        let workers = config.worker_count();
+        let pool_size = u32::try_from(workers * 2 + 2).unwrap_or(32).clamp(4, 32);
+        let db = Db::open(&config.database_path(), pool_size)?;
+        {
+            let conn = db.get().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let referenced = db::all_object_keys(&conn).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let report = storage.sweep(&referenced).context("start-up sweep failed")?;
+            if report.temp_files + report.orphans > 0 {
+                tracing::info!(temp_files = report.temp_files, orphans = report.orphans, "swept leftovers of an interrupted run");
+            }
+            let purged = db::purge_expired_sessions(&conn, clock.unix()).map_err(|e| anyhow::anyhow!("{e}"))?;
+            tracing::debug!(purged, "purged expired sessions");
+        }
+        routes::auth::warm_up();
+
+        let listener = TcpListener::bind(config.bind)
+            .with_context(|| format!("--bind: cannot listen on {}", config.bind))?;
+        let addr = listener.local_addr()?;
+        let public_base = public_base(config.public_url.as_ref(), addr);
+        let secure_cookies = public_base.starts_with("https://");
+
+        let state = web::Data::new(AppState {
+            db: db.clone(),
+            storage,
+            signer: keys.urls,
+            clock: clock.clone(),
+            public_base,
+            url_ttl_secs: config.url_ttl.as_secs(),
+            max_file_size: config.max_file_size,
+            signup_open: config.signup == Signup::Open,
+        });
+        let store = SqliteSessionStore::new(db.clone(), clock.clone());
+        let session_key = keys.session;
+        let session_ttl = actix_web::cookie::time::Duration::seconds(
+            i64::try_from(config.session_ttl.as_secs()).unwrap_or(i64::MAX),
+        );
+
+        let server = HttpServer::new(move || {
+            let sessions = SessionMiddleware::builder(store.clone(), session_key.clone())
+                .cookie_name(SESSION_COOKIE.to_owned())
+                .cookie_secure(secure_cookies)
+                .cookie_http_only(true)
+                .cookie_same_site(SameSite::Lax)
+                .cookie_path("/".to_owned())
+                .cookie_content_security(CookieContentSecurity::Signed)
+                .session_lifecycle(
+                    PersistentSession::default()
+                        .session_ttl(session_ttl)
+                        .session_ttl_extension_policy(TtlExtensionPolicy::OnEveryRequest),
+                )
+                .build();
+            App::new()
+                .app_data(state.clone())
+                .app_data(web::JsonConfig::default().limit(JSON_LIMIT).error_handler(json_error))
+                .app_data(web::QueryConfig::default().error_handler(query_error))
+                .service(
+                    web::scope("/api")
+                        .wrap(sessions)
+                        .configure(routes::auth::configure)
+                        .configure(routes::chats::configure)
+                        .configure(routes::files::configure),
+                )
+                .configure(routes::downloads::configure)
+                .default_service(web::to(not_found))
+                .wrap(from_fn(envelope))
+        })
+        .workers(workers)
+        .shutdown_timeout(10)
+        .listen(listener)?
+        .run();
+
+        Ok(Self {
+            server,
+            addr,
+            db,
+            clock,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A handle to stop the server gracefully.
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until stopped, purging expired sessions along the way.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let purger = tokio::spawn(purge_sessions(self.db, self.clock));
+        let result = self.server.await;
+        purger.abort();
+        result
+    }
+}
+
+async fn purge_sessions(db: Db, clock: Arc<dyn Clock>) {
+    let mut every = tokio::time::interval(SESSION_PURGE_EVERY);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        let now = clock.unix();
+        match db.run(move |conn| db::purge_expired_sessions(conn, now)).await {
+            Ok(purged) if purged > 0 => tracing::debug!(purged, "purged expired sessions"),
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %err, "could not purge expired sessions"),
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! Spawns the real server on port 0 over a temp storage directory and a real SQLite file, with
+//! a hand-driven clock, and talks HTTP to it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use actix_web::dev::ServerHandle;
+use chatfiles::clock::ManualClock;
+use chatfiles::config::Config;
+use chatfiles::startup::Application;
+use chrono::{DateTime, TimeZone, Utc};
+use reqwest::multipart::{Form, Part};
+use reqwest::{Client, Response, StatusCode};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+
+pub const PASSWORD: &str = "correct horse battery";
+
+/// A running server, its storage directory and its clock.
+pub struct TestApp {
+    /// `http://127.0.0.1:<port>`
+    pub address: String,
+    pub clock: Arc<ManualClock>,
+    pub config: Config,
+    pub dir: Arc<TempDir>,
+    handle: ServerHandle,
+}
+
+/// A signed-up user with their own cookie jar.
+pub struct TestUser {
+    pub id: i64,
+    pub email: String,
+    pub client: Client,
+}
+
+/// A client with a cookie store that never follows redirects.
+pub fn client() -> Client {
+    Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap_or_else(|e| panic!("cannot build a client: {e}"))
+}
+
+pub fn sha256(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// A test start time: whole minute, far from any DST or leap oddity.
+pub fn start_time() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2030, 1, 15, 12, 0, 0).single().unwrap_or_default()
+}
+
+impl TestApp {
+    /// A server with the default configuration (but a known secret and a small size limit).
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// A server whose configuration `adjust` may change first.
+    pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
+        let dir = Arc::new(tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}")));
+        let mut config = Config::with_storage_dir(dir.path().join("storage"));
+        config.bind = "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}"));
+        config.workers = Some(2);
+        config.max_file_size = 1024 * 1024;
+        adjust(&mut config);
+        let clock = Arc::new(ManualClock::new(start_time()));
+        Self::start(config, clock, dir)
+    }
+
+    fn start(config: Config, clock: Arc<ManualClock>, dir: Arc<TempDir>) -> TestApp {
+        let app = Application::build(&config, clock.clone())
+            .unwrap_or_else(|e| panic!("the server did not build: {e:#}"));
+        let address = format!("http://{}", app.local_addr());
+        let handle = app.handle();
+        tokio::spawn(app.run_until_stopped());
+        TestApp {
+            address,
+            clock,
+            config,
+            dir,
+            handle,
+        }
+    }
+
+    /// Stops the server gracefully and starts a new one over the same storage, configuration
+    /// and clock (on a new port).
+    pub async fn restart(self) -> TestApp {
+        self.handle.stop(true).await;
+        Self::start(self.config.clone(), self.clock.clone(), self.dir.clone())
+    }
+
+    /// Stops the server (graceful).
+    pub async fn stop(&self) {
+        self.handle.stop(true).await;
+    }
+
+    pub fn storage_dir(&self) -> PathBuf {
+        self.config.storage_dir.clone()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    /// `url` with its scheme, host and port replaced by this server's (after a restart).
+    pub fn rebase(&self, url: &str) -> String {
+        let parsed = reqwest::Url::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+        let query = parsed.query().map(|q| format!("?{q}")).unwrap_or_default();
+        format!("{}{}{}", self.address, parsed.path(), query)
+    }
+
+    /// Signs up a fresh user (unique email) and returns them logged in.
+    pub async fn user(&self) -> TestUser {
+        let email = format!("user-{}@example.com", uuid::Uuid::new_v4());
+        self.sign_up(&email).await
+    }
+
+    pub async fn sign_up(&self, email: &str) -> TestUser {
+        let client = client();
+        let res = client
+            .post(self.url("/api/auth/sign-up"))
+            .json(&json!({"email": email, "password": PASSWORD, "confirmPassword": PASSWORD}))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("sign-up: {e}"));
+        assert_eq!(res.status(), StatusCode::CREATED, "sign-up failed");
+        let body: Value = res.json().await.unwrap_or_default();
+        TestUser {
+            id: body["user"]["id"].as_i64().unwrap_or_else(|| panic!("no id in {body}")),
+            email: body["user"]["primary_email"].as_str().unwrap_or_default().to_owned(),
+            client,
+        }
+    }
+
+    /// Creates a chat for `user` and returns its id.
+    pub async fn chat(&self, user: &TestUser, name: &str) -> i64 {
+        let res = user
+            .client
+            .post(self.url(&format!("/api/users/{}/chats", user.id)))
+            .json(&json!({"name": name}))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("create chat: {e}"));
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let body: Value = res.json().await.unwrap_or_default();
+        body["chat"]["id"].as_i64().unwrap_or_else(|| panic!("no chat id in {body}"))
+    }
+
+    /// Uploads `files` as parts named `file`: (file name, content type, bytes).
+    pub async fn upload(&self, user: &TestUser, chat_id: i64, files: &[(&str, &str, &[u8])]) -> Response {
+        let mut form = Form::new().percent_encode_noop();
+        for (name, mime, bytes) in files {
+            let part = Part::bytes(bytes.to_vec())
+                .file_name((*name).to_owned())
+                .mime_str(mime)
+                .unwrap_or_else(|e| panic!("{e}"));
+            form = form.part("file", part);
+        }
+        user.client
+            .post(self.url(&format!("/api/users/{}/chats/{chat_id}/files", user.id)))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("upload: {e}"))
+    }
+
+    /// Uploads files that must succeed; returns the `chatFiles` array.
+    pub async fn upload_ok(&self, user: &TestUser, chat_id: i64, files: &[(&str, &str, &[u8])]) -> Vec<Value> {
+        let res = self.upload(user, chat_id, files).await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let body: Value = res.json().await.unwrap_or_default();
+        body["chatFiles"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// The seed endpoint.
+    pub async fn list_files(&self, user: &TestUser, chat_id: i64) -> Response {
+        user.client
+            .get(self.url(&format!("/api/users/{}/chats/{chat_id}/files", user.id)))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("list files: {e}"))
+    }
+
+    /// Every file under the storage directory's `objects` and `tmp` areas.
+    pub fn stored_files(&self) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        for area in ["objects", "tmp"] {
+            let mut stack = vec![self.storage_dir().join(area)];
+            while let Some(dir) = stack.pop() {
+                for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                    let path = entry.path();
+                    if path.is_dir() {
+                        stack.push(path);
+                    } else {
+                        found.push(path);
+                    }
+                }
+            }
+        }
+        found
+    }
+}
+
+/// Asserts the contract's error shape and returns `data.message`.
+pub async fn assert_error(res: Response, status: StatusCode) -> String {
+    assert_eq!(res.status(), status, "unexpected status");
+    assert!(res.headers().contains_key("x-request-id"), "no X-Request-Id");
+    let content_type = res
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(content_type.starts_with("application/json"), "error content type {content_type}");
+    let body: Value = res.json().await.unwrap_or_else(|e| panic!("error body is not JSON: {e}"));
+    assert_eq!(body["statusCode"], json!(status.as_u16()), "{body}");
+    assert_eq!(
+        body["statusMessage"],
+        json!(status.canonical_reason().unwrap_or_default()),
+        "{body}"
+    );
+    body["data"]["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no data.message in {body}"))
+        .to_owned()
+}

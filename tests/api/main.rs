@@ -1,0 +1,3 @@
+//! Integration tests: the real server over HTTP, one module per feature.
+
+mod helpers;
