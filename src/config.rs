@@ -28,7 +28,11 @@ pub enum Signup {
 
 /// The service's whole configuration.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "chatfiles", version, about = "Chat attachments behind time-limited signed URLs")]
+#[command(
+    name = "chatfiles",
+    version,
+    about = "Chat attachments behind time-limited signed URLs"
+)]
 pub struct Config {
     /// Address to listen on.
     #[arg(long, env = "CHATFILES_BIND", default_value = "127.0.0.1:8080")]
@@ -81,7 +85,10 @@ impl Config {
             Err(err) => {
                 // clap's message spans several lines; the contract wants one naming the flag.
                 let rendered = err.to_string();
-                let line = rendered.lines().next().unwrap_or("error: invalid arguments");
+                let line = rendered
+                    .lines()
+                    .next()
+                    .unwrap_or("error: invalid arguments");
                 eprintln!("{line}");
                 std::process::exit(2);
             }

@@ -82,10 +82,13 @@ impl Db {
 pub fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version > SCHEMA_VERSION {
-        bail!("the database has schema version {version}, newer than this binary's {SCHEMA_VERSION}");
+        bail!(
+            "the database has schema version {version}, newer than this binary's {SCHEMA_VERSION}"
+        );
     }
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    tx.execute_batch(SCHEMA).context("cannot apply schema.sql")?;
+    tx.execute_batch(SCHEMA)
+        .context("cannot apply schema.sql")?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
     Ok(())
@@ -109,7 +112,12 @@ pub struct User {
 }
 
 /// Creates a user; `None` when the email is taken.
-pub fn insert_user(conn: &Connection, email: &str, password_hash: &str, now: i64) -> Result<Option<User>, AppError> {
+pub fn insert_user(
+    conn: &Connection,
+    email: &str,
+    password_hash: &str,
+    now: i64,
+) -> Result<Option<User>, AppError> {
     let inserted = conn.execute(
         "INSERT INTO neptun_user (primary_email, password_hash, created_at, updated_at)
          VALUES (?1, ?2, ?3, ?3)",
@@ -126,7 +134,10 @@ pub fn insert_user(conn: &Connection, email: &str, password_hash: &str, now: i64
 }
 
 /// A user and their password hash, by (normalised) email.
-pub fn find_user_by_email(conn: &Connection, email: &str) -> Result<Option<(User, String)>, AppError> {
+pub fn find_user_by_email(
+    conn: &Connection,
+    email: &str,
+) -> Result<Option<(User, String)>, AppError> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, primary_email, password_hash FROM neptun_user WHERE primary_email = ?1",
     )?;
@@ -145,7 +156,8 @@ pub fn find_user_by_email(conn: &Connection, email: &str) -> Result<Option<(User
 }
 
 pub fn find_user(conn: &Connection, id: i64) -> Result<Option<User>, AppError> {
-    let mut stmt = conn.prepare_cached("SELECT id, primary_email FROM neptun_user WHERE id = ?1")?;
+    let mut stmt =
+        conn.prepare_cached("SELECT id, primary_email FROM neptun_user WHERE id = ?1")?;
     let found = stmt
         .query_row([id], |r| {
             Ok(User {
@@ -191,11 +203,19 @@ pub fn list_chats(conn: &Connection, user_id: i64) -> Result<Vec<Chat>, AppError
         "SELECT {CHAT_COLUMNS} FROM chat_conversation WHERE neptun_user_id = ?1
          ORDER BY updated_at DESC, id DESC"
     ))?;
-    let chats = stmt.query_map([user_id], chat_from_row)?.collect::<Result<_, _>>()?;
+    let chats = stmt
+        .query_map([user_id], chat_from_row)?
+        .collect::<Result<_, _>>()?;
     Ok(chats)
 }
 
-pub fn insert_chat(conn: &Connection, user_id: i64, name: &str, model: &str, now: i64) -> Result<Chat, AppError> {
+pub fn insert_chat(
+    conn: &Connection,
+    user_id: i64,
+    name: &str,
+    model: &str,
+    now: i64,
+) -> Result<Chat, AppError> {
     conn.execute(
         "INSERT INTO chat_conversation (neptun_user_id, name, model, created_at, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?4)",
@@ -216,19 +236,24 @@ pub fn find_chat(conn: &Connection, user_id: i64, chat_id: i64) -> Result<Option
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {CHAT_COLUMNS} FROM chat_conversation WHERE id = ?1 AND neptun_user_id = ?2"
     ))?;
-    Ok(stmt.query_row(params![chat_id, user_id], chat_from_row).optional()?)
+    Ok(stmt
+        .query_row(params![chat_id, user_id], chat_from_row)
+        .optional()?)
 }
 
 fn chat_exists(conn: &Connection, user_id: i64, chat_id: i64) -> Result<bool, AppError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT 1 FROM chat_conversation WHERE id = ?1 AND neptun_user_id = ?2",
-    )?;
+    let mut stmt = conn
+        .prepare_cached("SELECT 1 FROM chat_conversation WHERE id = ?1 AND neptun_user_id = ?2")?;
     Ok(stmt.exists(params![chat_id, user_id])?)
 }
 
 /// Deletes a chat and its file rows; returns the object keys whose bytes are now unreferenced,
 /// or `None` when the chat is not the user's.
-pub fn delete_chat(conn: &mut Connection, user_id: i64, chat_id: i64) -> Result<Option<Vec<String>>, AppError> {
+pub fn delete_chat(
+    conn: &mut Connection,
+    user_id: i64,
+    chat_id: i64,
+) -> Result<Option<Vec<String>>, AppError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     if !chat_exists(&tx, user_id, chat_id)? {
         return Ok(None);
@@ -270,7 +295,8 @@ pub struct NewFile {
     pub sha256: String,
 }
 
-const FILE_COLUMNS: &str = "id, chat_conversation_id, object_key, name, size, type, sha256, created_at";
+const FILE_COLUMNS: &str =
+    "id, chat_conversation_id, object_key, name, size, type, sha256, created_at";
 
 fn file_from_row(r: &Row<'_>) -> rusqlite::Result<FileRow> {
     Ok(FileRow {
@@ -286,7 +312,11 @@ fn file_from_row(r: &Row<'_>) -> rusqlite::Result<FileRow> {
 }
 
 /// A chat's files in upload order; `None` when the chat is not the user's.
-pub fn list_files(conn: &Connection, user_id: i64, chat_id: i64) -> Result<Option<Vec<FileRow>>, AppError> {
+pub fn list_files(
+    conn: &Connection,
+    user_id: i64,
+    chat_id: i64,
+) -> Result<Option<Vec<FileRow>>, AppError> {
     if !chat_exists(conn, user_id, chat_id)? {
         return Ok(None);
     }
@@ -294,18 +324,27 @@ pub fn list_files(conn: &Connection, user_id: i64, chat_id: i64) -> Result<Optio
         "SELECT {FILE_COLUMNS} FROM chat_conversation_file WHERE chat_conversation_id = ?1
          ORDER BY created_at, id"
     ))?;
-    let files = stmt.query_map([chat_id], file_from_row)?.collect::<Result<_, _>>()?;
+    let files = stmt
+        .query_map([chat_id], file_from_row)?
+        .collect::<Result<_, _>>()?;
     Ok(Some(files))
 }
 
 /// One file of one of the user's chats.
-pub fn find_file(conn: &Connection, user_id: i64, chat_id: i64, file_id: i64) -> Result<Option<FileRow>, AppError> {
+pub fn find_file(
+    conn: &Connection,
+    user_id: i64,
+    chat_id: i64,
+    file_id: i64,
+) -> Result<Option<FileRow>, AppError> {
     let mut stmt = conn.prepare_cached(
         "SELECT f.id, f.chat_conversation_id, f.object_key, f.name, f.size, f.type, f.sha256, f.created_at
          FROM chat_conversation_file f JOIN chat_conversation c ON c.id = f.chat_conversation_id
          WHERE f.id = ?1 AND f.chat_conversation_id = ?2 AND c.neptun_user_id = ?3",
     )?;
-    Ok(stmt.query_row(params![file_id, chat_id, user_id], file_from_row).optional()?)
+    Ok(stmt
+        .query_row(params![file_id, chat_id, user_id], file_from_row)
+        .optional()?)
 }
 
 /// The file stored under an object key (the download path).
@@ -379,7 +418,10 @@ pub fn delete_file(
     let Some(file) = find_file(&tx, user_id, chat_id, file_id)? else {
         return Ok(None);
     };
-    tx.execute("DELETE FROM chat_conversation_file WHERE id = ?1", [file_id])?;
+    tx.execute(
+        "DELETE FROM chat_conversation_file WHERE id = ?1",
+        [file_id],
+    )?;
     tx.execute(
         "UPDATE chat_conversation SET updated_at = ?1 WHERE id = ?2",
         params![now, chat_id],
@@ -391,18 +433,25 @@ pub fn delete_file(
 /// Every object key that a row refers to (for the start-up sweep).
 pub fn all_object_keys(conn: &Connection) -> Result<HashSet<String>, AppError> {
     let mut stmt = conn.prepare("SELECT object_key FROM chat_conversation_file")?;
-    let keys = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    let keys = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
     Ok(keys)
 }
 
 // ---- sessions ----------------------------------------------------------------------------
 
 /// A live session's serialized state.
-pub fn load_session(conn: &Connection, id_hash: &str, now: i64) -> Result<Option<String>, AppError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT state FROM session WHERE id_hash = ?1 AND expires_at > ?2",
-    )?;
-    Ok(stmt.query_row(params![id_hash, now], |r| r.get(0)).optional()?)
+pub fn load_session(
+    conn: &Connection,
+    id_hash: &str,
+    now: i64,
+) -> Result<Option<String>, AppError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT state FROM session WHERE id_hash = ?1 AND expires_at > ?2")?;
+    Ok(stmt
+        .query_row(params![id_hash, now], |r| r.get(0))
+        .optional()?)
 }
 
 pub fn insert_session(
@@ -439,7 +488,13 @@ pub fn update_session(
 
 /// Extends a live session. Skips the write when the stored expiry is already within
 /// `slack` seconds of the new one, so that a busy client does not write on every request.
-pub fn touch_session(conn: &Connection, id_hash: &str, expires_at: i64, now: i64, slack: i64) -> Result<(), AppError> {
+pub fn touch_session(
+    conn: &Connection,
+    id_hash: &str,
+    expires_at: i64,
+    now: i64,
+    slack: i64,
+) -> Result<(), AppError> {
     conn.prepare_cached(
         "UPDATE session SET expires_at = ?2 WHERE id_hash = ?1 AND expires_at > ?3 AND expires_at < ?2 - ?4",
     )?

@@ -74,7 +74,10 @@ fn json_error(status: StatusCode, message: &str, expiry: Option<(&str, &str)>) -
     };
     let bytes = serde_json::to_vec(&body).unwrap_or_default();
     HttpResponse::build(status)
-        .insert_header((header::CONTENT_TYPE, HeaderValue::from_static("application/json")))
+        .insert_header((
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        ))
         .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
         .body(bytes)
 }

@@ -3,11 +3,11 @@
 
 use std::time::Instant;
 
+use actix_web::HttpMessage;
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::middleware::Next;
-use actix_web::HttpMessage;
 
 use crate::error::{AppError, error_response};
 
@@ -24,7 +24,10 @@ fn request_id(req: &ServiceRequest) -> String {
         .get(&REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| {
-            !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
 }
@@ -65,11 +68,28 @@ pub async fn envelope(
     let method = req.method().clone();
     // The path only: the query string of a download URL holds its signature.
     let path = req.path().to_owned();
-    let http_req = req.request().clone();
 
     let mut res = match next.call(req).await {
         Ok(res) => res.map_into_boxed_body(),
-        Err(err) => ServiceResponse::from_err(err, http_req),
+        Err(err) => {
+            // A middleware (the session store) failed before a handler answered. There is no
+            // request left to build a ServiceResponse from (cloning it up front would break
+            // routing), so hand back an error whose own response is in the contract's shape.
+            let status = err.as_response_error().status_code();
+            tracing::error!(request_id = %id, %method, %path, status = status.as_u16(), error = %err, "request failed in middleware");
+            let message = if status.is_server_error() {
+                "Internal server error"
+            } else {
+                status.canonical_reason().unwrap_or("Error")
+            };
+            let mut response = error_response(status, message);
+            if let Ok(value) = HeaderValue::from_str(&id) {
+                response.headers_mut().insert(REQUEST_ID, value);
+            }
+            return Err(
+                actix_web::error::InternalError::from_response(err.to_string(), response).into(),
+            );
+        }
     };
     if res.status().as_u16() >= 400 && !is_json(&res) {
         res = reshape(res);
@@ -101,7 +121,10 @@ pub async fn envelope(
     if let Ok(value) = HeaderValue::from_str(&id) {
         headers.insert(REQUEST_ID, value);
     }
-    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     Ok(res)
 }
 
@@ -111,10 +134,15 @@ pub async fn not_found() -> Result<(), AppError> {
 }
 
 /// Maps the framework's JSON extractor errors onto the contract's codes.
-pub fn json_error(err: actix_web::error::JsonPayloadError, _: &actix_web::HttpRequest) -> actix_web::Error {
+pub fn json_error(
+    err: actix_web::error::JsonPayloadError,
+    _: &actix_web::HttpRequest,
+) -> actix_web::Error {
     use actix_web::error::JsonPayloadError as E;
     let app = match &err {
-        E::ContentType => AppError::UnsupportedMediaType("Content-Type must be application/json".into()),
+        E::ContentType => {
+            AppError::UnsupportedMediaType("Content-Type must be application/json".into())
+        }
         E::Overflow { .. } | E::OverflowKnownLength { .. } => {
             AppError::PayloadTooLarge("Request body is too large".into())
         }
@@ -125,6 +153,9 @@ pub fn json_error(err: actix_web::error::JsonPayloadError, _: &actix_web::HttpRe
 }
 
 /// Maps query string errors onto 400.
-pub fn query_error(err: actix_web::error::QueryPayloadError, _: &actix_web::HttpRequest) -> actix_web::Error {
+pub fn query_error(
+    err: actix_web::error::QueryPayloadError,
+    _: &actix_web::HttpRequest,
+) -> actix_web::Error {
     AppError::BadRequest(format!("Invalid query string: {err}")).into()
 }

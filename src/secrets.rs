@@ -29,7 +29,8 @@ pub struct Keys {
 /// padded or not), and insists on at least 32 bytes.
 pub fn decode_secret(text: &str) -> anyhow::Result<SecretBox<Vec<u8>>> {
     let text = text.trim();
-    let is_hex = !text.is_empty() && text.len() % 2 == 0 && text.bytes().all(|b| b.is_ascii_hexdigit());
+    let is_hex =
+        !text.is_empty() && text.len() % 2 == 0 && text.bytes().all(|b| b.is_ascii_hexdigit());
     let bytes = if is_hex {
         hex::decode(text).ok()
     } else {
@@ -41,14 +42,20 @@ pub fn decode_secret(text: &str) -> anyhow::Result<SecretBox<Vec<u8>>> {
         bail!("the secret is neither hex nor base64");
     };
     if bytes.len() < MIN_SECRET_BYTES {
-        bail!("the secret must be at least {MIN_SECRET_BYTES} bytes once decoded, got {}", bytes.len());
+        bail!(
+            "the secret must be at least {MIN_SECRET_BYTES} bytes once decoded, got {}",
+            bytes.len()
+        );
     }
     Ok(SecretBox::new(Box::new(bytes)))
 }
 
 /// The master secret: the environment's if given, else the one in `<storage>/secret.key`,
 /// created (mode 0600) on first start.
-pub fn load_master(storage_dir: &Path, from_env: Option<&SecretString>) -> anyhow::Result<SecretBox<Vec<u8>>> {
+pub fn load_master(
+    storage_dir: &Path,
+    from_env: Option<&SecretString>,
+) -> anyhow::Result<SecretBox<Vec<u8>>> {
     if let Some(secret) = from_env {
         return decode_secret(secret.expose_secret()).context("CHATFILES_SECRET is invalid");
     }
@@ -69,7 +76,12 @@ pub fn load_master(storage_dir: &Path, from_env: Option<&SecretString>) -> anyho
 fn generate(path: &Path) -> anyhow::Result<SecretBox<Vec<u8>>> {
     let mut bytes = vec![0u8; MIN_SECRET_BYTES];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
-    let mut file = match OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+    let mut file = match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
         Ok(file) => file,
         // Another process won the race to create it: use theirs.
         Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -117,9 +129,15 @@ mod tests {
     #[test]
     fn secrets_decode_from_hex_and_base64() {
         let hex32 = "00".repeat(32);
-        assert_eq!(decode_secret(&hex32).map(|s| s.expose_secret().len()).ok(), Some(32));
+        assert_eq!(
+            decode_secret(&hex32).map(|s| s.expose_secret().len()).ok(),
+            Some(32)
+        );
         let b64 = STANDARD.encode([7u8; 40]);
-        assert_eq!(decode_secret(&b64).map(|s| s.expose_secret().clone()).ok(), Some(vec![7u8; 40]));
+        assert_eq!(
+            decode_secret(&b64).map(|s| s.expose_secret().clone()).ok(),
+            Some(vec![7u8; 40])
+        );
         let b64url = URL_SAFE_NO_PAD.encode([0xfbu8; 33]);
         assert!(decode_secret(&b64url).is_ok());
         assert!(decode_secret("too short").is_err());
@@ -130,7 +148,9 @@ mod tests {
     fn the_secret_file_is_created_private_and_reused() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let first = load_master(dir.path(), None)?;
-        let mode = fs::metadata(dir.path().join(SECRET_FILE))?.permissions().mode();
+        let mode = fs::metadata(dir.path().join(SECRET_FILE))?
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let second = load_master(dir.path(), None)?;
         assert_eq!(first.expose_secret(), second.expose_secret());

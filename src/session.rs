@@ -51,7 +51,9 @@ fn new_session_key() -> Result<SessionKey, anyhow::Error> {
 }
 
 fn user_of(state: &HashMap<String, String>) -> Option<i64> {
-    state.get(USER_ID).and_then(|v| serde_json::from_str(v).ok())
+    state
+        .get(USER_ID)
+        .and_then(|v| serde_json::from_str(v).ok())
 }
 
 fn to_anyhow(err: AppError) -> anyhow::Error {
@@ -62,7 +64,10 @@ fn to_anyhow(err: AppError) -> anyhow::Error {
 }
 
 impl SessionStore for SqliteSessionStore {
-    async fn load(&self, session_key: &SessionKey) -> Result<Option<HashMap<String, String>>, LoadError> {
+    async fn load(
+        &self,
+        session_key: &SessionKey,
+    ) -> Result<Option<HashMap<String, String>>, LoadError> {
         let hash = id_hash(session_key);
         let now = self.clock.unix();
         let state = self
@@ -75,7 +80,11 @@ impl SessionStore for SqliteSessionStore {
             .transpose()
     }
 
-    async fn save(&self, state: HashMap<String, String>, ttl: &Duration) -> Result<SessionKey, SaveError> {
+    async fn save(
+        &self,
+        state: HashMap<String, String>,
+        ttl: &Duration,
+    ) -> Result<SessionKey, SaveError> {
         let body = serde_json::to_string(&state).map_err(|e| SaveError::Serialization(e.into()))?;
         let key = new_session_key().map_err(SaveError::Other)?;
         let hash = id_hash(&key);
@@ -94,7 +103,8 @@ impl SessionStore for SqliteSessionStore {
         state: HashMap<String, String>,
         ttl: &Duration,
     ) -> Result<SessionKey, UpdateError> {
-        let body = serde_json::to_string(&state).map_err(|e| UpdateError::Serialization(e.into()))?;
+        let body =
+            serde_json::to_string(&state).map_err(|e| UpdateError::Serialization(e.into()))?;
         let hash = id_hash(&session_key);
         let user = user_of(&state);
         let (now, expires) = self.expiry(ttl);
@@ -113,7 +123,11 @@ impl SessionStore for SqliteSessionStore {
         })
     }
 
-    async fn update_ttl(&self, session_key: &SessionKey, ttl: &Duration) -> Result<(), anyhow::Error> {
+    async fn update_ttl(
+        &self,
+        session_key: &SessionKey,
+        ttl: &Duration,
+    ) -> Result<(), anyhow::Error> {
         let hash = id_hash(session_key);
         let (now, expires) = self.expiry(ttl);
         // Rolling expiry to within a minute (or a tenth of a short TTL) is plenty, and spares

@@ -34,7 +34,9 @@ pub struct UrlSigner {
 
 impl std::fmt::Debug for UrlSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UrlSigner").field("kid", &self.kid).finish_non_exhaustive()
+        f.debug_struct("UrlSigner")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
     }
 }
 
@@ -174,28 +176,52 @@ mod tests {
     #[test]
     fn the_download_flag_is_covered() {
         let query = signer().query(KEY, 960, true);
-        assert_eq!(signer().verify(KEY, &query, 0).map(|g| g.download), Ok(true));
+        assert_eq!(
+            signer().verify(KEY, &query, 0).map(|g| g.download),
+            Ok(true)
+        );
         let stripped = query.replace("&download=1", "");
-        assert_eq!(signer().verify(KEY, &stripped, 0), Err(SignatureError::Invalid));
+        assert_eq!(
+            signer().verify(KEY, &stripped, 0),
+            Err(SignatureError::Invalid)
+        );
         let added = format!("{}&download=1", signer().query(KEY, 960, false));
-        assert_eq!(signer().verify(KEY, &added, 0), Err(SignatureError::Invalid));
+        assert_eq!(
+            signer().verify(KEY, &added, 0),
+            Err(SignatureError::Invalid)
+        );
     }
 
     #[test]
     fn any_change_invalidates() {
         let query = signer().query(KEY, 960, false);
         let other_key = "1123456789abcdef0123456789abcdef";
-        assert_eq!(signer().verify(other_key, &query, 0), Err(SignatureError::Invalid));
+        assert_eq!(
+            signer().verify(other_key, &query, 0),
+            Err(SignatureError::Invalid)
+        );
         let later = query.replace("expires=960", "expires=1020");
-        assert_eq!(signer().verify(KEY, &later, 0), Err(SignatureError::Invalid));
+        assert_eq!(
+            signer().verify(KEY, &later, 0),
+            Err(SignatureError::Invalid)
+        );
         let doubled = format!("{query}&expires=960");
-        assert_eq!(signer().verify(KEY, &doubled, 0), Err(SignatureError::Invalid));
+        assert_eq!(
+            signer().verify(KEY, &doubled, 0),
+            Err(SignatureError::Invalid)
+        );
         let other = UrlSigner::new(b"another key, also 32 bytes long!", "k1");
         assert_eq!(other.verify(KEY, &query, 0), Err(SignatureError::Invalid));
-        assert_eq!(signer().verify(KEY, "expires=960&kid=k1", 0), Err(SignatureError::Invalid));
+        assert_eq!(
+            signer().verify(KEY, "expires=960&kid=k1", 0),
+            Err(SignatureError::Invalid)
+        );
         assert_eq!(signer().verify(KEY, "", 0), Err(SignatureError::Invalid));
         let signed_negative = query.replace("expires=960", "expires=-960");
-        assert_eq!(signer().verify(KEY, &signed_negative, 0), Err(SignatureError::Invalid));
+        assert_eq!(
+            signer().verify(KEY, &signed_negative, 0),
+            Err(SignatureError::Invalid)
+        );
     }
 
     #[test]

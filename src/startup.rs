@@ -76,8 +76,12 @@ pub struct Application {
 impl Application {
     /// Prepares everything and binds the listener; requests are accepted once it runs.
     pub fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
-        let storage = Storage::open(&config.storage_dir)
-            .with_context(|| format!("cannot prepare storage directory {}", config.storage_dir.display()))?;
+        let storage = Storage::open(&config.storage_dir).with_context(|| {
+            format!(
+                "cannot prepare storage directory {}",
+                config.storage_dir.display()
+            )
+        })?;
         let master = load_master(&config.storage_dir, config.secret.as_ref())?;
         let keys = derive_keys(&master);
         drop(master);
@@ -88,11 +92,18 @@ impl Application {
         {
             let conn = db.get().map_err(|e| anyhow::anyhow!("{e}"))?;
             let referenced = db::all_object_keys(&conn).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let report = storage.sweep(&referenced).context("start-up sweep failed")?;
+            let report = storage
+                .sweep(&referenced)
+                .context("start-up sweep failed")?;
             if report.temp_files + report.orphans > 0 {
-                tracing::info!(temp_files = report.temp_files, orphans = report.orphans, "swept leftovers of an interrupted run");
+                tracing::info!(
+                    temp_files = report.temp_files,
+                    orphans = report.orphans,
+                    "swept leftovers of an interrupted run"
+                );
             }
-            let purged = db::purge_expired_sessions(&conn, clock.unix()).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let purged = db::purge_expired_sessions(&conn, clock.unix())
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             tracing::debug!(purged, "purged expired sessions");
         }
         routes::auth::warm_up();
@@ -135,7 +146,11 @@ impl Application {
                 .build();
             App::new()
                 .app_data(state.clone())
-                .app_data(web::JsonConfig::default().limit(JSON_LIMIT).error_handler(json_error))
+                .app_data(
+                    web::JsonConfig::default()
+                        .limit(JSON_LIMIT)
+                        .error_handler(json_error),
+                )
                 .app_data(web::QueryConfig::default().error_handler(query_error))
                 .service(
                     web::scope("/api")
@@ -186,7 +201,10 @@ async fn purge_sessions(db: Db, clock: Arc<dyn Clock>) {
     loop {
         every.tick().await;
         let now = clock.unix();
-        match db.run(move |conn| db::purge_expired_sessions(conn, now)).await {
+        match db
+            .run(move |conn| db::purge_expired_sessions(conn, now))
+            .await
+        {
             Ok(purged) if purged > 0 => tracing::debug!(purged, "purged expired sessions"),
             Ok(_) => {}
             Err(err) => tracing::warn!(error = %err, "could not purge expired sessions"),

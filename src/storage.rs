@@ -85,7 +85,9 @@ impl Storage {
             .object_path(key)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "invalid object key"))?;
         if temp.file.is_some() {
-            return Err(io::Error::other("temp object committed before it was finished"));
+            return Err(io::Error::other(
+                "temp object committed before it was finished",
+            ));
         }
         let shard = target.parent().unwrap_or(&self.objects);
         if !shard.exists() {
@@ -218,7 +220,13 @@ mod tests {
         let key = new_key();
         assert!(is_valid_key(&key));
         assert_ne!(key, new_key());
-        for bad in ["", "../../etc/passwd", "0123456789ABCDEF0123456789abcdef", "0123456789abcdef0123456789abcde/", "..%2f"] {
+        for bad in [
+            "",
+            "../../etc/passwd",
+            "0123456789ABCDEF0123456789abcdef",
+            "0123456789abcdef0123456789abcde/",
+            "..%2f",
+        ] {
             assert!(!is_valid_key(bad), "{bad}");
         }
     }
@@ -235,7 +243,9 @@ mod tests {
         assert_eq!(sha, hex::encode(Sha256::digest(b"hello world")));
         let key = new_key();
         storage.commit(temp, &key)?;
-        let path = storage.object_path(&key).ok_or_else(|| io::Error::other("no path"))?;
+        let path = storage
+            .object_path(&key)
+            .ok_or_else(|| io::Error::other("no path"))?;
         assert_eq!(fs::read(path)?, b"hello world");
         assert_eq!(fs::read_dir(dir.path().join("tmp"))?.count(), 0);
         Ok(())
@@ -268,7 +278,13 @@ mod tests {
         fs::write(dir.path().join("tmp").join("left.part"), b"junk")?;
         let referenced: HashSet<String> = keys[..1].iter().cloned().collect();
         let report = storage.sweep(&referenced)?;
-        assert_eq!(report, SweepReport { temp_files: 1, orphans: 1 });
+        assert_eq!(
+            report,
+            SweepReport {
+                temp_files: 1,
+                orphans: 1
+            }
+        );
         assert!(storage.object_path(&keys[0]).is_some_and(|p| p.exists()));
         assert!(storage.object_path(&keys[1]).is_some_and(|p| !p.exists()));
         Ok(())

@@ -4,8 +4,10 @@ use std::sync::LazyLock;
 
 use actix_session::Session;
 use actix_web::{HttpResponse, web};
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng};
 use argon2::Argon2;
+use argon2::password_hash::{
+    PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng,
+};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -127,7 +129,11 @@ static DUMMY_HASH: LazyLock<String> = LazyLock::new(|| {
 
 fn verify_password(password: &str, hash: &str) -> bool {
     PasswordHash::new(hash)
-        .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+        .map(|parsed| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok()
+        })
         .unwrap_or(false)
 }
 
@@ -205,7 +211,10 @@ async fn log_out(session: Session) -> HttpResponse {
 }
 
 async fn check(state: web::Data<AppState>, user: AuthUser) -> Result<HttpResponse, AppError> {
-    let found = state.db.run(move |conn| db::find_user(conn, user.id)).await?;
+    let found = state
+        .db
+        .run(move |conn| db::find_user(conn, user.id))
+        .await?;
     let user = found.ok_or(AppError::Unauthorized("Unauthorized"))?;
     Ok(HttpResponse::Ok().json(json!({ "user": user })))
 }
@@ -216,10 +225,25 @@ mod tests {
 
     #[test]
     fn emails_are_checked_modestly() {
-        for good in ["a@b.co", "first.last+tag@mail.example.org", "x@xn--bcher-kva.de"] {
+        for good in [
+            "a@b.co",
+            "first.last+tag@mail.example.org",
+            "x@xn--bcher-kva.de",
+        ] {
             assert!(is_valid_email(good), "{good}");
         }
-        for bad in ["", "a", "a@b", "@b.co", "a@.co", "a@b..co", "a b@c.de", "a@b.co\r\nX: y", "a@@b.co", "a@-b.co"] {
+        for bad in [
+            "",
+            "a",
+            "a@b",
+            "@b.co",
+            "a@.co",
+            "a@b..co",
+            "a b@c.de",
+            "a@b.co\r\nX: y",
+            "a@@b.co",
+            "a@-b.co",
+        ] {
             assert!(!is_valid_email(bad), "{bad}");
         }
     }

@@ -55,7 +55,9 @@ async fn create_chat(
         )));
     }
     if name.chars().any(char::is_control) {
-        return Err(AppError::BadRequest("Chat name must not contain control characters".into()));
+        return Err(AppError::BadRequest(
+            "Chat name must not contain control characters".into(),
+        ));
     }
     let model = model
         .map(|m| m.trim().to_owned())

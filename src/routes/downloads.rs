@@ -87,7 +87,10 @@ pub enum RangeRequest {
     /// ignored, as the RFC allows).
     Full,
     /// `start..=end`, both within the file.
-    Partial { start: u64, end: u64 },
+    Partial {
+        start: u64,
+        end: u64,
+    },
     Unsatisfiable,
 }
 
@@ -153,7 +156,10 @@ pub fn parse_range(header: Option<&str>, size: u64) -> RangeRequest {
 /// Whether an `If-None-Match` list matches `etag` (weak comparison, as RFC 9110 asks).
 fn none_match(header: &str, etag: &str) -> bool {
     let bare = etag.trim_start_matches("W/");
-    header.split(',').map(str::trim).any(|tag| tag == "*" || tag.trim_start_matches("W/") == bare)
+    header
+        .split(',')
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag.trim_start_matches("W/") == bare)
 }
 
 fn header_str<'a>(req: &'a HttpRequest, name: header::HeaderName) -> Option<&'a str> {
@@ -161,7 +167,8 @@ fn header_str<'a>(req: &'a HttpRequest, name: header::HeaderName) -> Option<&'a 
 }
 
 fn http_date(unix: i64) -> String {
-    let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(unix).unwrap_or(0));
+    let time =
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(unix).unwrap_or(0));
     httpdate::fmt_http_date(time)
 }
 
@@ -203,7 +210,10 @@ async fn download(
         .insert_header((header::LAST_MODIFIED, last_modified.as_str()))
         .insert_header((header::CACHE_CONTROL, format!("private, max-age={max_age}")))
         .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
-        .insert_header((header::CONTENT_SECURITY_POLICY, "default-src 'none'; sandbox"))
+        .insert_header((
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; sandbox",
+        ))
         .insert_header((header::REFERRER_POLICY, "no-referrer"));
 
     if not_modified(&req, &etag, row.created_at) {
@@ -212,11 +222,14 @@ async fn download(
 
     let range_header = header_str(&req, header::RANGE).filter(|_| {
         // If-Range: only honour Range when the client's copy is this exact representation.
-        header_str(&req, header::IF_RANGE).is_none_or(|v| v.trim() == etag || v.trim() == last_modified)
+        header_str(&req, header::IF_RANGE)
+            .is_none_or(|v| v.trim() == etag || v.trim() == last_modified)
     });
     let (status, start, len) = match parse_range(range_header, row.size) {
         RangeRequest::Full => (StatusCode::OK, 0, row.size),
-        RangeRequest::Partial { start, end } => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
+        RangeRequest::Partial { start, end } => {
+            (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
+        }
         RangeRequest::Unsatisfiable => return Err(AppError::RangeNotSatisfiable(row.size)),
     };
     let disposition = content_disposition(&row.name, &row.mime, grant.download);
@@ -260,30 +273,32 @@ async fn body(
         .object_path(&row.object_key)
         .ok_or(AppError::NotFound("File not found"))?;
     let expected = row.size;
-    let opened = web::block(move || -> std::io::Result<Result<(std::fs::File, Option<Vec<u8>>), AppError>> {
-        let mut file = match std::fs::File::open(&path) {
-            Ok(file) => file,
-            // Deleted between the lookup and now.
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(Err(AppError::NotFound("File not found")));
+    let opened = web::block(
+        move || -> std::io::Result<Result<(std::fs::File, Option<Vec<u8>>), AppError>> {
+            let mut file = match std::fs::File::open(&path) {
+                Ok(file) => file,
+                // Deleted between the lookup and now.
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                    return Ok(Err(AppError::NotFound("File not found")));
+                }
+                Err(err) => return Err(err),
+            };
+            let actual = file.metadata()?.len();
+            if actual != expected {
+                return Ok(Err(AppError::Internal(anyhow::anyhow!(
+                    "object {} is {actual} bytes on disk, {expected} in the database",
+                    path.display()
+                ))));
             }
-            Err(err) => return Err(err),
-        };
-        let actual = file.metadata()?.len();
-        if actual != expected {
-            return Ok(Err(AppError::Internal(anyhow::anyhow!(
-                "object {} is {actual} bytes on disk, {expected} in the database",
-                path.display()
-            ))));
-        }
-        file.seek(SeekFrom::Start(start))?;
-        if len <= SMALL_BODY {
-            let mut buf = Vec::with_capacity(len as usize);
-            (&mut file).take(len).read_to_end(&mut buf)?;
-            return Ok(Ok((file, Some(buf))));
-        }
-        Ok(Ok((file, None)))
-    })
+            file.seek(SeekFrom::Start(start))?;
+            if len <= SMALL_BODY {
+                let mut buf = Vec::with_capacity(len as usize);
+                (&mut file).take(len).read_to_end(&mut buf)?;
+                return Ok(Ok((file, Some(buf))));
+            }
+            Ok(Ok((file, None)))
+        },
+    )
     .await??;
     let (file, small) = opened?;
     match small {
@@ -306,7 +321,10 @@ impl MessageBody for HeadBody {
         BodySize::Sized(self.0)
     }
 
-    fn poll_next(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Bytes, Self::Error>>> {
+    fn poll_next(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
         Poll::Ready(None)
     }
 }
@@ -319,11 +337,26 @@ mod tests {
     fn ranges_follow_rfc_9110() {
         use RangeRequest::*;
         assert_eq!(parse_range(None, 10), Full);
-        assert_eq!(parse_range(Some("bytes=0-4"), 10), Partial { start: 0, end: 4 });
-        assert_eq!(parse_range(Some("bytes=5-"), 10), Partial { start: 5, end: 9 });
-        assert_eq!(parse_range(Some("bytes=-3"), 10), Partial { start: 7, end: 9 });
-        assert_eq!(parse_range(Some("bytes=-30"), 10), Partial { start: 0, end: 9 });
-        assert_eq!(parse_range(Some("bytes=2-100"), 10), Partial { start: 2, end: 9 });
+        assert_eq!(
+            parse_range(Some("bytes=0-4"), 10),
+            Partial { start: 0, end: 4 }
+        );
+        assert_eq!(
+            parse_range(Some("bytes=5-"), 10),
+            Partial { start: 5, end: 9 }
+        );
+        assert_eq!(
+            parse_range(Some("bytes=-3"), 10),
+            Partial { start: 7, end: 9 }
+        );
+        assert_eq!(
+            parse_range(Some("bytes=-30"), 10),
+            Partial { start: 0, end: 9 }
+        );
+        assert_eq!(
+            parse_range(Some("bytes=2-100"), 10),
+            Partial { start: 2, end: 9 }
+        );
         assert_eq!(parse_range(Some("bytes=10-"), 10), Unsatisfiable);
         assert_eq!(parse_range(Some("bytes=-0"), 10), Unsatisfiable);
         assert_eq!(parse_range(Some("bytes=0-"), 0), Unsatisfiable);
@@ -331,7 +364,10 @@ mod tests {
         assert_eq!(parse_range(Some("bytes=0-1,3-4"), 10), Full);
         assert_eq!(parse_range(Some("items=0-1"), 10), Full);
         assert_eq!(parse_range(Some("bytes=a-b"), 10), Full);
-        assert_eq!(parse_range(Some("bytes=99999999999999999999-"), 10), Unsatisfiable);
+        assert_eq!(
+            parse_range(Some("bytes=99999999999999999999-"), 10),
+            Unsatisfiable
+        );
     }
 
     #[test]
@@ -343,7 +379,9 @@ mod tests {
         assert!(content_disposition("a.png", "image/png", true).starts_with("attachment;"));
         assert!(content_disposition("a.svg", "image/svg+xml", false).starts_with("attachment;"));
         assert!(content_disposition("a.html", "text/html", false).starts_with("attachment;"));
-        assert!(content_disposition("a.txt", "text/plain; charset=utf-8", false).starts_with("inline;"));
+        assert!(
+            content_disposition("a.txt", "text/plain; charset=utf-8", false).starts_with("inline;")
+        );
         assert!(content_disposition("a.mp4", "video/mp4", false).starts_with("inline;"));
     }
 

@@ -27,7 +27,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     );
 }
 
-async fn list_chat_files(state: web::Data<AppState>, path: ChatPath) -> Result<HttpResponse, AppError> {
+async fn list_chat_files(
+    state: web::Data<AppState>,
+    path: ChatPath,
+) -> Result<HttpResponse, AppError> {
     let rows = state
         .db
         .run(move |conn| db::list_files(conn, path.user_id, path.chat_id))
@@ -67,7 +70,9 @@ async fn upload_chat_files(
     }
     let multipart = Multipart::new(req.headers(), payload);
     let received = receive_files(&state, multipart).await?;
-    let rows = state.store_uploads(path.user_id, path.chat_id, received).await?;
+    let rows = state
+        .store_uploads(path.user_id, path.chat_id, received)
+        .await?;
     let expires = state.url_expiry();
     let files: Vec<_> = rows
         .into_iter()
@@ -111,7 +116,10 @@ async fn get_chat_file(
     Ok(HttpResponse::Ok().json(json!({ "chatFile": file })))
 }
 
-async fn delete_chat_file(state: web::Data<AppState>, path: FilePath) -> Result<HttpResponse, AppError> {
+async fn delete_chat_file(
+    state: web::Data<AppState>,
+    path: FilePath,
+) -> Result<HttpResponse, AppError> {
     let now = state.clock.unix();
     let key = state
         .db

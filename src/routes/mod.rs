@@ -30,7 +30,10 @@ pub fn parse_id(raw: &str, what: &'static str) -> Result<i64, AppError> {
 
 /// The ids of a `/api/users/{user_id}/…` path, checked in the contract's order: a live
 /// session (401), well-formed ids (400), the session's own user (404).
-fn owned_ids<const N: usize>(req: &HttpRequest, names: [(&str, &'static str); N]) -> Result<[i64; N], AppError> {
+fn owned_ids<const N: usize>(
+    req: &HttpRequest,
+    names: [(&str, &'static str); N],
+) -> Result<[i64; N], AppError> {
     let user = AuthUser::extract(req).into_inner()?;
     let mut ids = [0i64; N];
     for (slot, (param, what)) in ids.iter_mut().zip(names) {
@@ -90,13 +93,19 @@ impl FromRequest for FilePath {
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         ready(
-            owned_ids(req, [("user_id", "user"), ("chat_id", "chat"), ("file_id", "file")]).map(
-                |[user_id, chat_id, file_id]| Self {
-                    user_id,
-                    chat_id,
-                    file_id,
-                },
-            ),
+            owned_ids(
+                req,
+                [
+                    ("user_id", "user"),
+                    ("chat_id", "chat"),
+                    ("file_id", "file"),
+                ],
+            )
+            .map(|[user_id, chat_id, file_id]| Self {
+                user_id,
+                chat_id,
+                file_id,
+            }),
         )
     }
 }
@@ -158,7 +167,17 @@ mod tests {
     fn ids_are_positive_plain_integers() {
         assert_eq!(parse_id("42", "chat").ok(), Some(42));
         assert_eq!(parse_id("9223372036854775807", "chat").ok(), Some(i64::MAX));
-        for bad in ["0", "-1", "+1", "abc", "", "1.5", " 1", "9223372036854775808", "0x10"] {
+        for bad in [
+            "0",
+            "-1",
+            "+1",
+            "abc",
+            "",
+            "1.5",
+            " 1",
+            "9223372036854775808",
+            "0x10",
+        ] {
             assert!(parse_id(bad, "chat").is_err(), "{bad}");
         }
     }

@@ -41,7 +41,9 @@ fn multipart_error(err: MultipartError) -> AppError {
         | MultipartError::ContentTypeIncompatible => {
             AppError::UnsupportedMediaType("Content-Type must be multipart/form-data".into())
         }
-        MultipartError::Nested => AppError::BadRequest("Nested multipart parts are not supported".into()),
+        MultipartError::Nested => {
+            AppError::BadRequest("Nested multipart parts are not supported".into())
+        }
         MultipartError::Payload(actix_web::error::PayloadError::Overflow) => {
             AppError::PayloadTooLarge("Request body is too large".into())
         }
@@ -88,17 +90,24 @@ pub fn effective_type(declared: Option<&Mime>, name: &str) -> String {
     if let Some(mime) = declared.filter(|m| *m != &mime::APPLICATION_OCTET_STREAM) {
         let essence = mime.essence_str().to_ascii_lowercase();
         return match mime.get_param(mime::CHARSET) {
-            Some(charset) => format!("{essence}; charset={}", charset.as_str().to_ascii_lowercase()),
+            Some(charset) => format!(
+                "{essence}; charset={}",
+                charset.as_str().to_ascii_lowercase()
+            ),
             None => essence,
         };
     }
-    mime_guess::from_path(name)
-        .first()
-        .map_or_else(|| mime::APPLICATION_OCTET_STREAM.to_string(), |m| m.essence_str().to_owned())
+    mime_guess::from_path(name).first().map_or_else(
+        || mime::APPLICATION_OCTET_STREAM.to_string(),
+        |m| m.essence_str().to_owned(),
+    )
 }
 
 /// Reads every part of the request. On any failure nothing it wrote stays behind.
-pub async fn receive_files(state: &AppState, mut multipart: Multipart) -> Result<Vec<Received>, AppError> {
+pub async fn receive_files(
+    state: &AppState,
+    mut multipart: Multipart,
+) -> Result<Vec<Received>, AppError> {
     let mut received = Vec::new();
     let mut current = None;
     let result = read_parts(state, &mut multipart, &mut received, &mut current).await;
@@ -162,7 +171,9 @@ async fn skip_part(field: &mut Field) -> Result<(), AppError> {
     while let Some(chunk) = field.next().await {
         seen += chunk.map_err(multipart_error)?.len();
         if seen > MAX_OTHER_PART {
-            return Err(AppError::PayloadTooLarge("A form field is too large".into()));
+            return Err(AppError::PayloadTooLarge(
+                "A form field is too large".into(),
+            ));
         }
     }
     Ok(())
@@ -337,7 +348,10 @@ mod tests {
         let text: Mime = "text/plain; charset=UTF-8; format=flowed"
             .parse()
             .unwrap_or(mime::APPLICATION_JSON);
-        assert_eq!(effective_type(Some(&text), "x"), "text/plain; charset=utf-8");
+        assert_eq!(
+            effective_type(Some(&text), "x"),
+            "text/plain; charset=utf-8"
+        );
         let octet = mime::APPLICATION_OCTET_STREAM;
         assert_eq!(effective_type(Some(&octet), "photo.png"), "image/png");
         assert_eq!(effective_type(None, "doc.pdf"), "application/pdf");

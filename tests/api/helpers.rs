@@ -49,7 +49,9 @@ pub fn sha256(bytes: &[u8]) -> String {
 
 /// A test start time: whole minute, far from any DST or leap oddity.
 pub fn start_time() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2030, 1, 15, 12, 0, 0).single().unwrap_or_default()
+    Utc.with_ymd_and_hms(2030, 1, 15, 12, 0, 0)
+        .single()
+        .unwrap_or_default()
 }
 
 impl TestApp {
@@ -129,8 +131,13 @@ impl TestApp {
         assert_eq!(res.status(), StatusCode::CREATED, "sign-up failed");
         let body: Value = res.json().await.unwrap_or_default();
         TestUser {
-            id: body["user"]["id"].as_i64().unwrap_or_else(|| panic!("no id in {body}")),
-            email: body["user"]["primary_email"].as_str().unwrap_or_default().to_owned(),
+            id: body["user"]["id"]
+                .as_i64()
+                .unwrap_or_else(|| panic!("no id in {body}")),
+            email: body["user"]["primary_email"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
             client,
         }
     }
@@ -146,11 +153,18 @@ impl TestApp {
             .unwrap_or_else(|e| panic!("create chat: {e}"));
         assert_eq!(res.status(), StatusCode::CREATED);
         let body: Value = res.json().await.unwrap_or_default();
-        body["chat"]["id"].as_i64().unwrap_or_else(|| panic!("no chat id in {body}"))
+        body["chat"]["id"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("no chat id in {body}"))
     }
 
     /// Uploads `files` as parts named `file`: (file name, content type, bytes).
-    pub async fn upload(&self, user: &TestUser, chat_id: i64, files: &[(&str, &str, &[u8])]) -> Response {
+    pub async fn upload(
+        &self,
+        user: &TestUser,
+        chat_id: i64,
+        files: &[(&str, &str, &[u8])],
+    ) -> Response {
         let mut form = Form::new().percent_encode_noop();
         for (name, mime, bytes) in files {
             let part = Part::bytes(bytes.to_vec())
@@ -168,11 +182,32 @@ impl TestApp {
     }
 
     /// Uploads files that must succeed; returns the `chatFiles` array.
-    pub async fn upload_ok(&self, user: &TestUser, chat_id: i64, files: &[(&str, &str, &[u8])]) -> Vec<Value> {
+    pub async fn upload_ok(
+        &self,
+        user: &TestUser,
+        chat_id: i64,
+        files: &[(&str, &str, &[u8])],
+    ) -> Vec<Value> {
         let res = self.upload(user, chat_id, files).await;
         assert_eq!(res.status(), StatusCode::CREATED);
         let body: Value = res.json().await.unwrap_or_default();
         body["chatFiles"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// The raw value of `user`'s `neptun-session` cookie, as a non-browser client would keep it.
+    pub async fn session_cookie(&self, user: &TestUser) -> String {
+        // Logging in again hands out a fresh cookie whose value we can read off the response.
+        let res = client()
+            .post(self.url("/api/auth/login"))
+            .json(&json!({"email": user.email, "password": PASSWORD}))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("login: {e}"));
+        assert_eq!(res.status(), StatusCode::OK);
+        res.cookies()
+            .find(|c| c.name() == "neptun-session")
+            .map(|c| c.value().to_owned())
+            .unwrap_or_else(|| panic!("login set no neptun-session cookie"))
     }
 
     /// The seed endpoint.
@@ -207,15 +242,24 @@ impl TestApp {
 /// Asserts the contract's error shape and returns `data.message`.
 pub async fn assert_error(res: Response, status: StatusCode) -> String {
     assert_eq!(res.status(), status, "unexpected status");
-    assert!(res.headers().contains_key("x-request-id"), "no X-Request-Id");
+    assert!(
+        res.headers().contains_key("x-request-id"),
+        "no X-Request-Id"
+    );
     let content_type = res
         .headers()
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    assert!(content_type.starts_with("application/json"), "error content type {content_type}");
-    let body: Value = res.json().await.unwrap_or_else(|e| panic!("error body is not JSON: {e}"));
+    assert!(
+        content_type.starts_with("application/json"),
+        "error content type {content_type}"
+    );
+    let body: Value = res
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("error body is not JSON: {e}"));
     assert_eq!(body["statusCode"], json!(status.as_u16()), "{body}");
     assert_eq!(
         body["statusMessage"],

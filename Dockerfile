@@ -1,0 +1,29 @@
+# syntax=docker/dockerfile:1
+
+# ---- build ---------------------------------------------------------------------------------
+FROM rust:1.95-slim-bookworm AS build
+WORKDIR /src
+# Dependencies first, so that a source change does not rebuild them.
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+    && cargo build --release --locked \
+    && rm -rf src
+COPY schema.sql ./
+COPY src ./src
+RUN touch src/main.rs src/lib.rs && cargo build --release --locked
+
+# ---- runtime -------------------------------------------------------------------------------
+FROM debian:bookworm-slim
+RUN groupadd --system --gid 10001 chatfiles \
+    && useradd --system --uid 10001 --gid chatfiles --home-dir /data --shell /usr/sbin/nologin chatfiles \
+    && mkdir -p /data \
+    && chown chatfiles:chatfiles /data
+COPY --from=build /src/target/release/chatfiles /usr/local/bin/chatfiles
+ENV CHATFILES_BIND=0.0.0.0:8080 \
+    CHATFILES_STORAGE_DIR=/data \
+    RUST_LOG=info
+VOLUME ["/data"]
+EXPOSE 8080
+USER 10001:10001
+WORKDIR /data
+ENTRYPOINT ["/usr/local/bin/chatfiles"]

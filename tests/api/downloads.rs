@@ -1,0 +1,572 @@
+//! `GET|HEAD /files/{key}`: signed downloads.
+
+use reqwest::{Response, StatusCode};
+use serde_json::Value;
+
+use crate::helpers::{self, TestApp, TestUser, assert_error, sha256};
+
+/// Uploads one file into a fresh chat and returns its `ChatFile`.
+async fn one_file(app: &TestApp, user: &TestUser, name: &str, mime: &str, bytes: &[u8]) -> Value {
+    let chat = app.chat(user, "downloads").await;
+    let files = app.upload_ok(user, chat, &[(name, mime, bytes)]).await;
+    files
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("no file uploaded"))
+}
+
+fn url_of(file: &Value) -> String {
+    file["url"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no url in {file}"))
+        .to_owned()
+}
+
+async fn get(url: &str) -> Response {
+    helpers::client()
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
+async fn get_with(url: &str, name: &str, value: &str) -> Response {
+    helpers::client()
+        .get(url)
+        .header(name, value)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
+fn header(res: &Response, name: &str) -> String {
+    res.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_else(|| panic!("no {name} header"))
+        .to_owned()
+}
+
+/// `(path, query)` of a URL.
+fn split(url: &str) -> (String, String) {
+    let parsed = reqwest::Url::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+    (
+        format!("{}{}", parsed.origin().ascii_serialization(), parsed.path()),
+        parsed.query().unwrap_or_default().to_owned(),
+    )
+}
+
+/// The query without the parameter `name`.
+fn without(query: &str, name: &str) -> String {
+    query
+        .split('&')
+        .filter(|pair| pair.split('=').next() != Some(name))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn param<'a>(query: &'a str, name: &str) -> &'a str {
+    query
+        .split('&')
+        .find_map(|pair| {
+            pair.strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix('='))
+        })
+        .unwrap_or_else(|| panic!("no {name} in {query}"))
+}
+
+fn sample(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 31 % 251) as u8).collect()
+}
+
+#[tokio::test]
+async fn a_signed_url_serves_the_bytes_with_the_contracts_headers() {
+    let app = TestApp::spawn().await;
+    let user = app.user().await;
+    let bytes = b"hello, plain text".to_vec();
+    let file = one_file(
+        &app,
+        &user,
+        "hello.txt",
+        "text/plain; charset=utf-8",
+        &bytes,
+    )
+    .await;
+    let res = get(&url_of(&file)).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(header(&res, "content-type"), "text/plain; charset=utf-8");
+    assert_eq!(header(&res, "content-length"), bytes.len().to_string());
+    assert_eq!(header(&res, "accept-ranges"), "bytes");
+    assert_eq!(header(&res, "etag"), format!("\"{}\"", sha256(&bytes)));
+    let last_modified = header(&res, "last-modified");
+    assert_eq!(last_modified, "Tue, 15 Jan 2030 12:00:00 GMT");
+    let cache = header(&res, "cache-control");
+    let max_age: u64 = cache
+        .strip_prefix("private, max-age=")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("cache-control {cache}"));
+    assert!(max_age > 0 && max_age <= 900, "{cache}");
+    assert_eq!(header(&res, "x-content-type-options"), "nosniff");
+    assert_eq!(
+        header(&res, "content-security-policy"),
+        "default-src 'none'; sandbox"
+    );
+    assert_eq!(header(&res, "referrer-policy"), "no-referrer");
+    assert!(!header(&res, "x-request-id").is_empty());
+    assert!(header(&res, "content-disposition").starts_with("inline"));
+    assert_eq!(
+        res.bytes().await.unwrap_or_default().as_ref(),
+        bytes.as_slice()
+    );
+}
+
+#[tokio::test]
+async fn images_pdf_and_plain_text_are_inline_while_html_and_svg_are_attachments() {
+    let app = TestApp::spawn().await;
+    let user = app.user().await;
+    let chat = app.chat(&user, "dispositions").await;
+    let files = app
+        .upload_ok(
+            &user,
+            chat,
+            &[
+                ("a.png", "image/png", b"\x89PNG"),
+                ("b.txt", "text/plain", b"text"),
+                ("c.pdf", "application/pdf", b"%PDF"),
+                ("d.html", "text/html", b"<script>alert(1)</script>"),
+                ("e.svg", "image/svg+xml", b"<svg/>"),
+            ],
+        )
+        .await;
+    let expected = ["inline", "inline", "inline", "attachment", "attachment"];
+    for (file, kind) in files.iter().zip(expected) {
+        let res = get(&url_of(file)).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        let disposition = header(&res, "content-disposition");
+        assert!(
+            disposition.starts_with(&format!("{kind};")),
+            "{}: {disposition}",
+            file["name"]
+        );
+        assert_eq!(
+            header(&res, "content-type"),
+            file["type"].as_str().unwrap_or_default()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_download_1_url_is_always_an_attachment() {
+    let app = TestApp::spawn().await;
+    let user = app.user().await;
+    let chat = app.chat(&user, "download").await;
+    let files = app
+        .upload_ok(&user, chat, &[("a.png", "image/png", b"\x89PNG")])
+        .await;
+    let id = files[0]["id"].as_i64().unwrap_or_default();
+    let res = user
+        .client
+        .get(app.url(&format!(
+            "/api/users/{}/chats/{chat}/files/{id}?download=1",
+            user.id
+        )))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let body: Value = res.json().await.unwrap_or_default();
+    let url = url_of(&body["chatFile"]);
+    let res = get(&url).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(header(&res, "content-disposition").starts_with("attachment;"));
+    assert_eq!(header(&res, "content-type"), "image/png");
+}
+
+#[tokio::test]
+async fn a_non_ascii_name_gets_an_rfc_8187_filename_and_an_ascii_fallback() {
+    let app = TestApp::spawn().await;
+    let user = app.user().await;
+    let file = one_file(&app, &user, "résumé.pdf", "application/pdf", b"%PDF").await;
+    let res = get(&url_of(&file)).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let disposition = header(&res, "content-disposition");
+    assert!(
+        disposition.contains("filename*=UTF-8''r%C3%A9sum%C3%A9.pdf"),
+        "{disposition}"
+    );
+    let fallback = disposition
+        .split("filename=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no ASCII fallback in {disposition}"));
+    assert!(!fallback.is_empty() && fallback.is_ascii(), "{disposition}");
+    assert!(fallback.ends_with(".pdf"), "{disposition}");
+    assert!(disposition.is_ascii());
+}
+
+#[tokio::test]
+async fn head_answers_the_same_headers_without_a_body() {
+    let app = TestApp::spawn().await;
+    let user = app.user().await;
+    let bytes = sample(3000);
+    let file = one_file(&app, &user, "data.bin", "application/octet-stream", &bytes).await;
+    let url = url_of(&file);
+    let got = get(&url).await;
+    let head = helpers::client()
+        .head(&url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(head.status(), StatusCode::OK);
+    for name in [
+        "content-type",
+        "content-length",
+        "accept-ranges",
+        "etag",
+        "last-modified",
+        "cache-control",
+        "x-content-type-options",
+        "content-security-policy",
+        "referrer-policy",
+        "content-disposition",
+    ] {
+        assert_eq!(header(&head, name), header(&got, name), "{name}");
+    }
+    assert_eq!(header(&head, "content-length"), "3000");
+    assert!(!header(&head, "x-request-id").is_empty());
+    assert!(head.bytes().await.unwrap_or_default().is_empty());
+}
+
+#[tokio::test]
+async fn a_range_gives_206_with_exactly_those_bytes() {
+    let app = TestApp::spawn().await;
+    let user = app.user().await;
+    let bytes = b"0123456789".to_vec();
+    let file = one_file(&app, &user, "digits.txt", "text/plain", &bytes).await;
+    let url = url_of(&file);
+
+    let res = get_with(&url, "range", "bytes=2-5").await;
+    assert_eq!(res.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(header(&res, "content-range"), "bytes 2-5/10");
+    assert_eq!(header(&res, "content-length"), "4");
+    assert_eq!(res.bytes().await.unwrap_or_default().as_ref(), b"2345");
+
+    let res = get_with(&url, "range", "bytes=-3").await;
+    assert_eq!(res.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(header(&res, "content-range"), "bytes 7-9/10");
+    assert_eq!(res.bytes().await.unwrap_or_default().as_ref(), b"789");
+}
+
+#[tokio::test]
+async fn a_range_starting_at_the_size_is_not_satisfiable() {
+    let app = TestApp::spawn().await;
+    let user = app.user().await;
+    let file = one_file(&app, &user, "digits.txt", "text/plain", b"0123456789").await;
+    let res = get_with(&url_of(&file), "range", "bytes=10-").await;
+    assert_eq!(res.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(header(&res, "content-range"), "bytes */10");
+    assert_error(res, StatusCode::RANGE_NOT_SATISFIABLE).await;
+}
+
+#[tokio::test]
+async fn if_none_match_with_the_etag_gives_304_without_a_body() {
+    let app = TestApp::spawn().await;
+    let user = app.user().await;
+    let bytes = b"cache me".to_vec();
+    let file = one_file(&app, &user, "c.txt", "text/plain", &bytes).await;
+    let url = url_of(&file);
+    let etag = header(&get(&url).await, "etag");
+    let res = get_with(&url, "if-none-match", &etag).await;
+    assert_eq!(res.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(header(&res, "etag"), etag);
+    assert!(res.bytes().await.unwrap_or_default().is_empty());
+
+    let res = get_with(&url, "if-none-match", "\"something-else\"").await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(
+        res.bytes().await.unwrap_or_default().as_ref(),
+        bytes.as_slice()
+    );
+}
+
+#[tokio::test]
+async fn a_mismatched_if_range_gives_the_full_body() {
+    let app = TestApp::spawn().await;
+    let user = app.user().await;
+    let bytes = b"0123456789".to_vec();
+    let file = one_file(&app, &user, "digits.txt", "text/plain", &bytes).await;
+    let url = url_of(&file);
+    let res = helpers::client()
+        .get(&url)
+        .header("range", "bytes=2-5")
+        .header("if-range", "\"not-the-etag\"")
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.headers().get("content-range").is_none());
+    assert_eq!(
+        res.bytes().await.unwrap_or_default().as_ref(),
+        bytes.as_slice()
+    );
+
+    let etag = format!("\"{}\"", sha256(&bytes));
+    let res = helpers::client()
+        .get(&url)
+        .header("range", "bytes=2-5")
+        .header("if-range", etag)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(res.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(res.bytes().await.unwrap_or_default().as_ref(), b"2345");
+}
+
+#[tokio::test]
+async fn any_change_to_a_signed_url_is_an_invalid_signature() {
+    let app = TestApp::spawn().await;
+    let user = app.user().await;
+    let chat = app.chat(&user, "tamper").await;
+    let files = app
+        .upload_ok(
+            &user,
+            chat,
+            &[("a.txt", "text/plain", b"a"), ("b.txt", "text/plain", b"b")],
+        )
+        .await;
+    let url = url_of(&files[0]);
+    let (path, query) = split(&url);
+    let (other_path, _) = split(&url_of(&files[1]));
+    let id = files[0]["id"].as_i64().unwrap_or_default();
+    let res = user
+        .client
+        .get(app.url(&format!(
+            "/api/users/{}/chats/{chat}/files/{id}?download=1",
+            user.id
+        )))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let body: Value = res.json().await.unwrap_or_default();
+    let download_url = url_of(&body["chatFile"]);
+    let (_, download_query) = split(&download_url);
+    assert_eq!(get(&url).await.status(), StatusCode::OK);
+    assert_eq!(get(&download_url).await.status(), StatusCode::OK);
+
+    let signature = param(&query, "signature");
+    let first = signature.chars().next().unwrap_or('A');
+    let swapped = if first == 'A' { 'B' } else { 'A' };
+    let tampered_signature = format!("{swapped}{}", &signature[first.len_utf8()..]);
+    let expires: i64 = param(&query, "expires").parse().unwrap_or_default();
+    let kid = param(&query, "kid");
+
+    let variants = [
+        (
+            "tampered signature",
+            format!("{path}?{}", query.replace(signature, &tampered_signature)),
+        ),
+        (
+            "later expires",
+            format!(
+                "{path}?{}",
+                query.replace(
+                    &format!("expires={expires}"),
+                    &format!("expires={}", expires + 60)
+                )
+            ),
+        ),
+        (
+            "earlier expires",
+            format!(
+                "{path}?{}",
+                query.replace(
+                    &format!("expires={expires}"),
+                    &format!("expires={}", expires - 60)
+                )
+            ),
+        ),
+        ("download=1 added", format!("{path}?{query}&download=1")),
+        (
+            "download=1 removed",
+            format!("{path}?{}", without(&download_query, "download")),
+        ),
+        (
+            "no signature",
+            format!("{path}?{}", without(&query, "signature")),
+        ),
+        ("no kid", format!("{path}?{}", without(&query, "kid"))),
+        (
+            "changed kid",
+            format!(
+                "{path}?{}",
+                query.replace(&format!("kid={kid}"), &format!("kid={kid}x"))
+            ),
+        ),
+        ("no query", path.clone()),
+        ("another object's key", format!("{other_path}?{query}")),
+    ];
+    for (what, variant) in variants {
+        assert_ne!(variant, url, "{what}");
+        let res = get(&variant).await;
+        assert_eq!(
+            assert_error(res, StatusCode::FORBIDDEN).await,
+            "Invalid signature",
+            "{what}: {variant}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_expired_url_says_so_with_both_times() {
+    let app = TestApp::spawn().await;
+    let user = app.user().await;
+    let file = one_file(&app, &user, "a.txt", "text/plain", b"a").await;
+    let url = url_of(&file);
+    app.clock.advance(chrono::Duration::minutes(16));
+    let res = get(&url).await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    assert!(res.headers().contains_key("x-request-id"));
+    let body: Value = res.json().await.unwrap_or_default();
+    assert_eq!(body["statusCode"], 403);
+    assert_eq!(body["statusMessage"], "Forbidden");
+    assert_eq!(body["data"]["message"], "URL has expired", "{body}");
+    let expires_at = body["data"]["expiresAt"].as_str().unwrap_or_default();
+    let server_time = body["data"]["serverTime"].as_str().unwrap_or_default();
+    assert_eq!(expires_at, "2030-01-15T12:15:00Z", "{body}");
+    assert_eq!(server_time, "2030-01-15T12:16:00Z", "{body}");
+    for time in [expires_at, server_time] {
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(time).is_ok(),
+            "{time} is not RFC 3339"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_deleted_files_valid_url_is_not_found() {
+    let app = TestApp::spawn().await;
+    let user = app.user().await;
+    let chat = app.chat(&user, "deleted").await;
+    let files = app
+        .upload_ok(&user, chat, &[("a.txt", "text/plain", b"a")])
+        .await;
+    let url = url_of(&files[0]);
+    let id = files[0]["id"].as_i64().unwrap_or_default();
+    let res = user
+        .client
+        .delete(app.url(&format!("/api/users/{}/chats/{chat}/files/{id}", user.id)))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    assert_error(get(&url).await, StatusCode::NOT_FOUND).await;
+    let head = helpers::client()
+        .head(&url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(head.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn other_methods_on_a_file_are_405_allowing_get_and_head() {
+    let app = TestApp::spawn().await;
+    let user = app.user().await;
+    let file = one_file(&app, &user, "a.txt", "text/plain", b"a").await;
+    let url = url_of(&file);
+    let client = helpers::client();
+    for method in [
+        reqwest::Method::POST,
+        reqwest::Method::PUT,
+        reqwest::Method::DELETE,
+    ] {
+        let res = client
+            .request(method.clone(), &url)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED, "{method}");
+        assert_eq!(header(&res, "allow"), "GET, HEAD", "{method}");
+        assert_error(res, StatusCode::METHOD_NOT_ALLOWED).await;
+    }
+    assert_eq!(get(&url).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn path_traversal_in_the_key_never_serves_anything() {
+    let app = TestApp::spawn().await;
+    let user = app.user().await;
+    let file = one_file(&app, &user, "a.txt", "text/plain", b"a").await;
+    let (_, query) = split(&url_of(&file));
+    let attempts = [
+        format!("/files/..%2f..%2fetc%2fpasswd?{query}"),
+        "/files/..%2f..%2fetc%2fpasswd?expires=9999999999&kid=x&signature=abc".to_owned(),
+        format!("/files/%2e%2e?{query}"),
+        "/files/%2e%2e".to_owned(),
+        format!("/files/%2e%2e%2fsecret.key?{query}"),
+        format!("/files/..%5c..%5csecret.key?{query}"),
+        format!("/files/%2e%2e%2f%2e%2e%2fchatfiles.db?{query}"),
+    ];
+    for attempt in attempts {
+        let res = get(&app.url(&attempt)).await;
+        let status = res.status();
+        assert!(
+            status == StatusCode::FORBIDDEN || status == StatusCode::NOT_FOUND,
+            "{attempt}: {status}"
+        );
+        assert_error(res, status).await;
+    }
+}
+
+#[tokio::test]
+async fn a_large_streamed_file_downloads_byte_identical_and_serves_ranges() {
+    let app = TestApp::spawn().await;
+    let user = app.user().await;
+    let bytes = sample(600 * 1024 + 123);
+    let file = one_file(&app, &user, "big.bin", "application/octet-stream", &bytes).await;
+    let url = url_of(&file);
+
+    let res = get(&url).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(header(&res, "content-length"), bytes.len().to_string());
+    assert_eq!(header(&res, "etag"), format!("\"{}\"", sha256(&bytes)));
+    let got = res.bytes().await.unwrap_or_default();
+    assert_eq!(got.len(), bytes.len());
+    assert_eq!(sha256(&got), sha256(&bytes));
+
+    let (start, end) = (100_000usize, 300_000usize);
+    let res = get_with(&url, "range", &format!("bytes={start}-{end}")).await;
+    assert_eq!(res.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        header(&res, "content-range"),
+        format!("bytes {start}-{end}/{}", bytes.len())
+    );
+    let got = res.bytes().await.unwrap_or_default();
+    assert_eq!(got.as_ref(), &bytes[start..=end]);
+}
+
+#[tokio::test]
+async fn urls_and_cookies_survive_a_restart() {
+    let app = TestApp::spawn().await;
+    let user = app.user().await;
+    let chat = app.chat(&user, "restart").await;
+    let bytes = b"persistent".to_vec();
+    let files = app
+        .upload_ok(&user, chat, &[("p.txt", "text/plain", &bytes)])
+        .await;
+    let old_url = url_of(&files[0]);
+    let app = app.restart().await;
+
+    let url = app.rebase(&old_url);
+    let res = get(&url).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(
+        res.bytes().await.unwrap_or_default().as_ref(),
+        bytes.as_slice()
+    );
+
+    let res = app.list_files(&user, chat).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let body: Value = res.json().await.unwrap_or_default();
+    assert_eq!(body["chatFiles"][0]["name"], "p.txt");
+    assert!(url_of(&body["chatFiles"][0]).starts_with(&format!("{}/files/", app.address)));
+}
