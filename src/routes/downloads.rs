@@ -162,7 +162,7 @@ fn none_match(header: &str, etag: &str) -> bool {
         .any(|tag| tag == "*" || tag.trim_start_matches("W/") == bare)
 }
 
-fn header_str<'a>(req: &'a HttpRequest, name: header::HeaderName) -> Option<&'a str> {
+fn header_str(req: &HttpRequest, name: header::HeaderName) -> Option<&str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -261,6 +261,9 @@ fn not_modified(req: &HttpRequest, etag: &str, created_at: i64) -> bool {
         .is_some_and(|since| i64::try_from(since.as_secs()).unwrap_or(i64::MAX) >= created_at)
 }
 
+/// An open object, and its requested bytes when they are few enough to read at once.
+type Opened = (std::fs::File, Option<Vec<u8>>);
+
 async fn body(
     state: &AppState,
     mut response: HttpResponseBuilder,
@@ -274,7 +277,7 @@ async fn body(
         .ok_or(AppError::NotFound("File not found"))?;
     let expected = row.size;
     let opened = web::block(
-        move || -> std::io::Result<Result<(std::fs::File, Option<Vec<u8>>), AppError>> {
+        move || -> std::io::Result<Result<Opened, AppError>> {
             let mut file = match std::fs::File::open(&path) {
                 Ok(file) => file,
                 // Deleted between the lookup and now.

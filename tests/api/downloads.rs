@@ -76,7 +76,9 @@ fn param<'a>(query: &'a str, name: &str) -> &'a str {
 }
 
 fn sample(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i * 31 % 251) as u8).collect()
+    (0..len)
+        .map(|i| u8::try_from(i * 31 % 251).unwrap_or_default())
+        .collect()
 }
 
 #[tokio::test]

@@ -94,11 +94,6 @@ impl TestApp {
         Self::start(self.config.clone(), self.clock.clone(), self.dir.clone())
     }
 
-    /// Stops the server (graceful).
-    pub async fn stop(&self) {
-        self.handle.stop(true).await;
-    }
-
     pub fn storage_dir(&self) -> PathBuf {
         self.config.storage_dir.clone()
     }
