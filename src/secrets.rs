@@ -29,8 +29,9 @@ pub struct Keys {
 /// padded or not), and insists on at least 32 bytes.
 pub fn decode_secret(text: &str) -> anyhow::Result<SecretBox<Vec<u8>>> {
     let text = text.trim();
-    let is_hex =
-        !text.is_empty() && text.len().is_multiple_of(2) && text.bytes().all(|b| b.is_ascii_hexdigit());
+    let is_hex = !text.is_empty()
+        && text.len().is_multiple_of(2)
+        && text.bytes().all(|b| b.is_ascii_hexdigit());
     let bytes = if is_hex {
         hex::decode(text).ok()
     } else {

@@ -276,32 +276,30 @@ async fn body(
         .object_path(&row.object_key)
         .ok_or(AppError::NotFound("File not found"))?;
     let expected = row.size;
-    let opened = web::block(
-        move || -> std::io::Result<Result<Opened, AppError>> {
-            let mut file = match std::fs::File::open(&path) {
-                Ok(file) => file,
-                // Deleted between the lookup and now.
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                    return Ok(Err(AppError::NotFound("File not found")));
-                }
-                Err(err) => return Err(err),
-            };
-            let actual = file.metadata()?.len();
-            if actual != expected {
-                return Ok(Err(AppError::Internal(anyhow::anyhow!(
-                    "object {} is {actual} bytes on disk, {expected} in the database",
-                    path.display()
-                ))));
+    let opened = web::block(move || -> std::io::Result<Result<Opened, AppError>> {
+        let mut file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            // Deleted between the lookup and now.
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Err(AppError::NotFound("File not found")));
             }
-            file.seek(SeekFrom::Start(start))?;
-            if len <= SMALL_BODY {
-                let mut buf = Vec::with_capacity(len as usize);
-                (&mut file).take(len).read_to_end(&mut buf)?;
-                return Ok(Ok((file, Some(buf))));
-            }
-            Ok(Ok((file, None)))
-        },
-    )
+            Err(err) => return Err(err),
+        };
+        let actual = file.metadata()?.len();
+        if actual != expected {
+            return Ok(Err(AppError::Internal(anyhow::anyhow!(
+                "object {} is {actual} bytes on disk, {expected} in the database",
+                path.display()
+            ))));
+        }
+        file.seek(SeekFrom::Start(start))?;
+        if len <= SMALL_BODY {
+            let mut buf = Vec::with_capacity(len as usize);
+            (&mut file).take(len).read_to_end(&mut buf)?;
+            return Ok(Ok((file, Some(buf))));
+        }
+        Ok(Ok((file, None)))
+    })
     .await??;
     let (file, small) = opened?;
     match small {
