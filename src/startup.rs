@@ -164,6 +164,7 @@ impl Application {
                 .wrap(from_fn(envelope))
         })
         .workers(workers)
+        .disable_signals()
         .shutdown_timeout(10)
         .listen(listener)?
         .run();
@@ -186,11 +187,20 @@ impl Application {
         self.server.handle()
     }
 
-    /// Serves until stopped, purging expired sessions along the way.
+    /// Serves until stopped through the handle or by SIGINT/SIGTERM (in-flight requests get
+    /// up to 10 s to finish), purging expired sessions along the way.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let purger = tokio::spawn(purge_sessions(self.db, self.clock));
+        let handle = self.server.handle();
+        let signals = tokio::spawn(async move {
+            if let Some(signal) = shutdown_signal().await {
+                tracing::info!(signal, "stopping gracefully");
+                handle.stop(true).await;
+            }
+        });
         let result = self.server.await;
         purger.abort();
+        signals.abort();
         result
     }
 }
@@ -209,5 +219,16 @@ async fn purge_sessions(db: Db, clock: Arc<dyn Clock>) {
             Ok(_) => {}
             Err(err) => tracing::warn!(error = %err, "could not purge expired sessions"),
         }
+    }
+}
+
+/// Waits for SIGINT or SIGTERM; `None` if they cannot be listened for.
+async fn shutdown_signal() -> Option<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).ok()?;
+    let mut terminate = signal(SignalKind::terminate()).ok()?;
+    tokio::select! {
+        _ = interrupt.recv() => Some("SIGINT"),
+        _ = terminate.recv() => Some("SIGTERM"),
     }
 }
