@@ -510,3 +510,27 @@ async fn an_unknown_route_answers_404_in_the_error_shape() {
         assert_error(res, StatusCode::NOT_FOUND).await;
     }
 }
+
+#[tokio::test]
+async fn an_oversized_json_body_answers_413_and_a_wrong_media_type_415() {
+    let app = TestApp::spawn().await;
+    let user = app.user().await;
+    let huge = json!({"name": "x".repeat(64 * 1024)});
+    let message = assert_error(
+        create(&app, &user, &huge).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+    )
+    .await;
+    assert_eq!(message, "Request body is too large");
+
+    let res = user
+        .client
+        .post(app.url(&format!("/api/users/{}/chats", user.id)))
+        .header("content-type", "text/plain")
+        .body(r#"{"name":"plain"}"#)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_error(res, StatusCode::UNSUPPORTED_MEDIA_TYPE).await;
+    assert!(list(&app, &user).await.is_empty());
+}
