@@ -113,14 +113,12 @@ impl SessionStore for SqliteSessionStore {
             .run(move |conn| db::update_session(conn, &hash, user, &body, expires, now))
             .await
             .map_err(|e| UpdateError::Other(to_anyhow(e)))?;
-        if updated {
-            return Ok(session_key);
+        if !updated {
+            // The session ended while the request ran (logout elsewhere, expiry). Writing the
+            // state under a new id would log the user back in: leave it dead.
+            tracing::debug!("session ended during the request; its changes are dropped");
         }
-        // The session ended while the request ran (logout elsewhere, expiry): never revive it.
-        self.save(state, ttl).await.map_err(|e| match e {
-            SaveError::Serialization(e) => UpdateError::Serialization(e),
-            SaveError::Other(e) => UpdateError::Other(e),
-        })
+        Ok(session_key)
     }
 
     async fn update_ttl(
