@@ -6,7 +6,7 @@ use reqwest::header::{CONTENT_TYPE, COOKIE, SET_COOKIE};
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{PASSWORD, TestApp, TestUser, assert_error, client};
+use crate::helpers::{PASSWORD, TestApp, TestUser, assert_error, client, header};
 
 const COOKIE_NAME: &str = "neptun-session";
 
@@ -586,12 +586,7 @@ async fn auth_routes_answer_405_with_allow_for_a_wrong_method() {
             .send()
             .await
             .unwrap_or_else(|e| panic!("{path}: {e}"));
-        let allowed = res
-            .headers()
-            .get("allow")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
+        let allowed = header(&res, "allow");
         assert_eq!(allowed, allow, "{path}");
         assert_error(res, StatusCode::METHOD_NOT_ALLOWED).await;
     }
@@ -600,15 +595,30 @@ async fn auth_routes_answer_405_with_allow_for_a_wrong_method() {
         .send()
         .await
         .unwrap_or_else(|e| panic!("check: {e}"));
-    let allowed = res
-        .headers()
-        .get("allow")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let allowed = header(&res, "allow");
     assert!(
         allowed.contains("GET") && allowed.contains("HEAD"),
         "{allowed}"
     );
     assert_error(res, StatusCode::METHOD_NOT_ALLOWED).await;
+}
+
+#[tokio::test]
+async fn an_https_public_url_marks_the_session_cookie_secure() {
+    let app = TestApp::spawn_with(|c| {
+        c.public_url = "https://files.example.com/chat/".parse().ok();
+    })
+    .await;
+    let body = json!({"email": unique_email(), "password": PASSWORD, "confirmPassword": PASSWORD});
+    let res = sign_up_with(&app, &bare_client(), &body).await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let cookie = res
+        .cookies()
+        .find(|c| c.name() == "neptun-session")
+        .unwrap_or_else(|| panic!("no neptun-session cookie"));
+    assert!(
+        cookie.secure(),
+        "cookie is not Secure behind an https public URL"
+    );
+    assert!(cookie.http_only());
 }

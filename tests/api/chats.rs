@@ -3,7 +3,7 @@
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, TestUser, assert_error, client};
+use crate::helpers::{TestApp, TestUser, assert_error, client, header};
 
 fn chats_path(user_id: impl std::fmt::Display) -> String {
     format!("/api/users/{user_id}/chats")
@@ -43,14 +43,6 @@ async fn delete(app: &TestApp, user: &TestUser, chat_id: i64) -> Response {
 
 fn ids(chats: &[Value]) -> Vec<i64> {
     chats.iter().filter_map(|c| c["id"].as_i64()).collect()
-}
-
-fn allow_header(res: &Response) -> String {
-    res.headers()
-        .get("allow")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned()
 }
 
 fn is_rfc3339_utc(value: &Value) -> bool {
@@ -467,7 +459,7 @@ async fn a_wrong_method_on_the_chats_route_answers_405_with_allow() {
         .send()
         .await
         .unwrap_or_else(|e| panic!("put chats: {e}"));
-    let allow = allow_header(&res);
+    let allow = header(&res, "allow");
     assert!(
         allow.contains("GET") && allow.contains("POST"),
         "Allow: {allow}"
@@ -481,7 +473,7 @@ async fn a_wrong_method_on_the_chats_route_answers_405_with_allow() {
         .send()
         .await
         .unwrap_or_else(|e| panic!("get chat: {e}"));
-    assert_eq!(allow_header(&res), "DELETE");
+    assert_eq!(header(&res, "allow"), "DELETE");
     assert_error(res, StatusCode::METHOD_NOT_ALLOWED).await;
 }
 

@@ -3,7 +3,7 @@
 use reqwest::{Response, StatusCode};
 use serde_json::Value;
 
-use crate::helpers::{self, TestApp, TestUser, assert_error, sha256};
+use crate::helpers::{self, TestApp, TestUser, assert_error, header, sha256};
 
 /// Uploads one file into a fresh chat and returns its `ChatFile`.
 async fn one_file(app: &TestApp, user: &TestUser, name: &str, mime: &str, bytes: &[u8]) -> Value {
@@ -37,14 +37,6 @@ async fn get_with(url: &str, name: &str, value: &str) -> Response {
         .send()
         .await
         .unwrap_or_else(|e| panic!("GET {url}: {e}"))
-}
-
-fn header(res: &Response, name: &str) -> String {
-    res.headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_else(|| panic!("no {name} header"))
-        .to_owned()
 }
 
 /// `(path, query)` of a URL.

@@ -6,7 +6,7 @@ use reqwest::StatusCode;
 use reqwest::multipart::{Form, Part};
 use serde_json::{Value, json};
 
-use crate::helpers::{self, TestApp, TestUser, assert_error, sha256};
+use crate::helpers::{self, TestApp, TestUser, assert_error, header, sha256};
 
 const BOUNDARY: &str = "chatfilesTestBoundary7MA4YWxkTrZu0gW";
 
@@ -94,12 +94,7 @@ async fn the_seed_endpoint_answers_with_exactly_the_seed_fields() {
 
     let res = app.list_files(&user, chat).await;
     assert_eq!(res.status(), StatusCode::OK);
-    let content_type = res
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let content_type = header(&res, "content-type");
     assert!(
         content_type.starts_with("application/json"),
         "{content_type}"
@@ -694,4 +689,29 @@ async fn uploading_touches_the_chats_updated_at() {
     assert_eq!(after.iter().map(id_of).collect::<Vec<_>>(), [older, newer]);
     assert_eq!(after[0]["updated_at"], json!("2030-01-15T12:06:00Z"));
     assert_eq!(after[0]["created_at"], json!("2030-01-15T12:00:00Z"));
+}
+
+#[tokio::test]
+async fn urls_are_built_on_the_public_url_with_its_path_prefix() {
+    let app = TestApp::spawn_with(|c| {
+        c.public_url = "https://files.example.com/chat/".parse().ok();
+    })
+    .await;
+    let user = app.user().await;
+    let chat = app.chat(&user, "proxied").await;
+    let uploaded = app
+        .upload_ok(&user, chat, &[("a.txt", "text/plain", b"a")])
+        .await;
+    let url = uploaded[0]["url"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        url.starts_with("https://files.example.com/chat/files/"),
+        "{url}"
+    );
+    // Through the proxy the prefix is stripped: the same path and query work here.
+    let direct = url.replacen("https://files.example.com/chat", &app.address, 1);
+    let res = reqwest::get(&direct)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.bytes().await.unwrap_or_default().as_ref(), b"a");
 }

@@ -234,6 +234,15 @@ impl TestApp {
     }
 }
 
+/// A response header's value; panics when it is missing or not text.
+pub fn header(res: &Response, name: &str) -> String {
+    res.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_else(|| panic!("no {name} header"))
+        .to_owned()
+}
+
 /// Asserts the contract's error shape and returns `data.message`.
 pub async fn assert_error(res: Response, status: StatusCode) -> String {
     assert_eq!(res.status(), status, "unexpected status");
@@ -241,12 +250,7 @@ pub async fn assert_error(res: Response, status: StatusCode) -> String {
         res.headers().contains_key("x-request-id"),
         "no X-Request-Id"
     );
-    let content_type = res
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let content_type = header(&res, "content-type");
     assert!(
         content_type.starts_with("application/json"),
         "error content type {content_type}"
