@@ -2,11 +2,12 @@
 //!
 //! Nothing else in the crate reads the environment.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ipnet::IpNet;
 use secrecy::SecretString;
 use url::Url;
 
@@ -18,6 +19,8 @@ const MIN_URL_TTL: Duration = Duration::from_secs(1);
 const MAX_URL_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 const MIN_SESSION_TTL: Duration = Duration::from_secs(1);
 const MAX_SESSION_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+const MIN_TIMEOUT: Duration = Duration::from_millis(100);
+const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Whether new accounts can be created through `POST /api/auth/sign-up`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -26,61 +29,122 @@ pub enum Signup {
     Closed,
 }
 
-/// The service's whole configuration.
+/// The command line: a subcommand (serving by default) and the configuration they share.
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "chatfiles",
     version,
     about = "Chat attachments behind time-limited signed URLs"
 )]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub config: Config,
+}
+
+/// What to do; `serve` when none is given.
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum Command {
+    /// Run the HTTP service (the default).
+    Serve,
+    /// Verify that every stored file's bytes exist with the recorded size and SHA-256, and list
+    /// orphaned or missing objects. Exits 1 when damage is found.
+    Check {
+        /// Also remove orphaned objects and temp files (refused while the service runs on the
+        /// same storage directory). Rows whose bytes are gone are reported, never deleted.
+        #[arg(long)]
+        repair: bool,
+    },
+}
+
+/// The service's whole configuration.
+#[derive(Debug, Clone, Args)]
 pub struct Config {
     /// Address to listen on.
-    #[arg(long, env = "CHATFILES_BIND", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long,
+        global = true,
+        env = "CHATFILES_BIND",
+        default_value = "127.0.0.1:8080"
+    )]
     pub bind: SocketAddr,
 
     /// Absolute base URL that clients reach the service at, used for signed download URLs
     /// [default: http://<bind>].
-    #[arg(long, env = "CHATFILES_PUBLIC_URL", value_parser = parse_public_url)]
+    #[arg(long, global = true, env = "CHATFILES_PUBLIC_URL", value_parser = parse_public_url)]
     pub public_url: Option<Url>,
 
     /// Directory that holds stored files, the secret key and (by default) the database.
-    #[arg(long, env = "CHATFILES_STORAGE_DIR", default_value = "./storage")]
+    #[arg(
+        long,
+        global = true,
+        env = "CHATFILES_STORAGE_DIR",
+        default_value = "./storage"
+    )]
     pub storage_dir: PathBuf,
 
     /// SQLite database file [default: <storage>/chatfiles.db].
-    #[arg(long, env = "CHATFILES_DATABASE")]
+    #[arg(long, global = true, env = "CHATFILES_DATABASE")]
     pub database: Option<PathBuf>,
 
     /// Lifetime of signed download URLs (1s to 7d).
-    #[arg(long, env = "CHATFILES_URL_TTL", default_value = "15m", value_parser = parse_url_ttl)]
+    #[arg(long, global = true, env = "CHATFILES_URL_TTL", default_value = "15m", value_parser = parse_url_ttl)]
     pub url_ttl: Duration,
 
     /// Lifetime of a login session, renewed on use (1s to 365d).
-    #[arg(long, env = "CHATFILES_SESSION_TTL", default_value = "7d", value_parser = parse_session_ttl)]
+    #[arg(long, global = true, env = "CHATFILES_SESSION_TTL", default_value = "7d", value_parser = parse_session_ttl)]
     pub session_ttl: Duration,
 
     /// Largest accepted file, inclusive (e.g. 25MiB, 512KiB, 1GiB or plain bytes).
-    #[arg(long, env = "CHATFILES_MAX_FILE_SIZE", default_value = "25MiB", value_parser = parse_size)]
+    #[arg(long, global = true, env = "CHATFILES_MAX_FILE_SIZE", default_value = "25MiB", value_parser = parse_size)]
     pub max_file_size: u64,
 
     /// Whether sign-up is open or closed.
-    #[arg(long, env = "CHATFILES_SIGNUP", value_enum, default_value = "open")]
+    #[arg(
+        long,
+        global = true,
+        env = "CHATFILES_SIGNUP",
+        value_enum,
+        default_value = "open"
+    )]
     pub signup: Signup,
 
     /// Number of HTTP worker threads [default: number of CPUs].
-    #[arg(long, env = "CHATFILES_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    #[arg(long, global = true, env = "CHATFILES_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,
+
+    /// Storage each user may fill, counted from stored sizes (e.g. 1GiB; 0 for no quota).
+    #[arg(long, global = true, env = "CHATFILES_USER_QUOTA", default_value = "1GiB", value_parser = parse_quota)]
+    pub user_quota: u64,
+
+    /// Proxies (IP addresses or CIDR ranges, comma-separated) whose `X-Forwarded-For` names the
+    /// client address used for login throttling [default: none; the peer address is used].
+    #[arg(long, global = true, env = "CHATFILES_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_proxy)]
+    pub trusted_proxies: Vec<IpNet>,
+
+    /// Time a client has to send a request's headers.
+    #[arg(long, global = true, env = "CHATFILES_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_timeout)]
+    pub request_timeout: Duration,
+
+    /// Longest a request body may stall between two chunks (slow uploads are cut off with 408).
+    #[arg(long, global = true, env = "CHATFILES_BODY_TIMEOUT", default_value = "30s", value_parser = parse_timeout)]
+    pub body_timeout: Duration,
+
+    /// How long an idle keep-alive connection stays open.
+    #[arg(long, global = true, env = "CHATFILES_KEEP_ALIVE", default_value = "15s", value_parser = parse_timeout)]
+    pub keep_alive: Duration,
 
     /// Master secret, from the environment only (see `SECRET_ENV`).
     #[arg(skip)]
     pub secret: Option<SecretString>,
 }
 
-impl Config {
+impl Cli {
     /// Parses flags and environment, exiting with a one-line message naming the flag on error.
     pub fn from_env_and_args() -> Self {
-        let mut config = match Self::try_parse() {
-            Ok(config) => config,
+        let mut cli = match Self::try_parse() {
+            Ok(cli) => cli,
             Err(err) if !err.use_stderr() => err.exit(),
             Err(err) => {
                 // clap's message spans several lines; the contract wants one naming the flag.
@@ -93,10 +157,12 @@ impl Config {
                 std::process::exit(2);
             }
         };
-        config.secret = std::env::var(SECRET_ENV).ok().map(SecretString::from);
-        config
+        cli.config.secret = std::env::var(SECRET_ENV).ok().map(SecretString::from);
+        cli
     }
+}
 
+impl Config {
     /// A configuration with every default, rooted at `storage_dir` (used by tests and tools).
     pub fn with_storage_dir(storage_dir: impl Into<PathBuf>) -> Self {
         Self {
@@ -109,6 +175,11 @@ impl Config {
             max_file_size: 25 * 1024 * 1024,
             signup: Signup::Open,
             workers: None,
+            user_quota: 1 << 30,
+            trusted_proxies: Vec::new(),
+            request_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(15),
             secret: None,
         }
     }
@@ -166,6 +237,10 @@ fn parse_duration_within(value: &str, min: Duration, max: Duration) -> Result<Du
     Ok(duration)
 }
 
+fn parse_timeout(value: &str) -> Result<Duration, String> {
+    parse_duration_within(value, MIN_TIMEOUT, MAX_TIMEOUT)
+}
+
 fn parse_url_ttl(value: &str) -> Result<Duration, String> {
     parse_duration_within(value, MIN_URL_TTL, MAX_URL_TTL)
 }
@@ -205,6 +280,23 @@ pub fn parse_size(value: &str) -> Result<u64, String> {
         return Err("must be at least 1 byte".into());
     }
     Ok(size)
+}
+
+/// A size as [`parse_size`] reads it, or `0` for no quota.
+fn parse_quota(value: &str) -> Result<u64, String> {
+    if value.trim() == "0" {
+        return Ok(0);
+    }
+    parse_size(value)
+}
+
+/// One trusted proxy: an address (a /32 or /128) or a CIDR range.
+fn parse_proxy(value: &str) -> Result<IpNet, String> {
+    let value = value.trim();
+    value
+        .parse::<IpNet>()
+        .or_else(|_| value.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{value:?} is not an IP address or CIDR range"))
 }
 
 #[cfg(test)]
@@ -250,12 +342,48 @@ mod tests {
 
     #[test]
     fn flags_parse_and_bad_values_name_the_flag() {
-        let config = Config::try_parse_from(["chatfiles", "--max-file-size", "1KiB"]);
-        assert_eq!(config.map(|c| c.max_file_size).ok(), Some(1024));
-        let err = Config::try_parse_from(["chatfiles", "--url-ttl", "9d"])
+        let cli = Cli::try_parse_from(["chatfiles", "--max-file-size", "1KiB"]);
+        assert_eq!(cli.map(|c| c.config.max_file_size).ok(), Some(1024));
+        let err = Cli::try_parse_from(["chatfiles", "--url-ttl", "9d"])
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.contains("--url-ttl"), "{err}");
+    }
+
+    #[test]
+    fn subcommands_take_the_shared_flags_on_either_side() {
+        let cli = Cli::try_parse_from(["chatfiles", "check", "--repair", "--storage-dir", "/x"]);
+        let cli = cli.map_err(|e| e.to_string());
+        assert_eq!(
+            cli.as_ref().map(|c| c.command.clone()),
+            Ok(Some(Command::Check { repair: true }))
+        );
+        assert_eq!(cli.map(|c| c.config.storage_dir), Ok(PathBuf::from("/x")));
+        let cli = Cli::try_parse_from(["chatfiles", "--storage-dir", "/y", "check"]);
+        assert_eq!(
+            cli.map(|c| c.config.storage_dir).ok(),
+            Some(PathBuf::from("/y"))
+        );
+        let serve = Cli::try_parse_from(["chatfiles"]).map(|c| c.command);
+        assert_eq!(serve.ok(), Some(None));
+    }
+
+    #[test]
+    fn quotas_and_proxies_parse() {
+        assert_eq!(parse_quota("0"), Ok(0));
+        assert_eq!(parse_quota("1GiB"), Ok(1 << 30));
+        assert!(parse_quota("-1").is_err());
+        assert_eq!(
+            parse_proxy("10.0.0.0/8").map(|n| n.to_string()),
+            Ok("10.0.0.0/8".to_owned())
+        );
+        assert_eq!(
+            parse_proxy("127.0.0.1").map(|n| n.to_string()),
+            Ok("127.0.0.1/32".to_owned())
+        );
+        assert!(parse_proxy("proxy.local").is_err());
+        let cli = Cli::try_parse_from(["chatfiles", "--trusted-proxies", "10.0.0.1,::1"]);
+        assert_eq!(cli.map(|c| c.config.trusted_proxies.len()).ok(), Some(2));
     }
 }

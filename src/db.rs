@@ -5,9 +5,11 @@
 
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use parking_lot::Mutex;
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior, params};
 use serde::Serialize;
@@ -28,10 +30,16 @@ const CONNECTION_PRAGMAS: &str = "PRAGMA foreign_keys = ON;
 
 pub type Pool = r2d2::Pool<SqliteConnectionManager>;
 
+/// How long a write waits for its turn before the request is shed with 503.
+const WRITE_WAIT: Duration = Duration::from_secs(10);
+
 /// The connection pool, and the one way handlers reach it.
 #[derive(Clone)]
 pub struct Db {
     pool: Pool,
+    /// SQLite has one writer at a time. Queueing writers here, in order, beats having them
+    /// spin in SQLite's busy handler, and bounds the wait.
+    writer: Arc<Mutex<()>>,
 }
 
 impl Db {
@@ -55,7 +63,10 @@ impl Db {
             .connection_timeout(Duration::from_secs(10))
             .build(manager)
             .context("cannot build the database pool")?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            writer: Arc::new(Mutex::new(())),
+        })
     }
 
     /// Runs `f` with a pooled connection on the blocking thread pool.
@@ -66,6 +77,26 @@ impl Db {
     {
         let pool = self.pool.clone();
         actix_web::web::block(move || {
+            let mut conn = pool.get()?;
+            f(&mut conn)
+        })
+        .await?
+    }
+
+    /// Runs `f`, which writes, with a pooled connection on the blocking thread pool, after the
+    /// writes queued before it; 503 when its turn does not come within [`WRITE_WAIT`].
+    pub async fn write<T, F>(&self, f: F) -> Result<T, AppError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, AppError> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        let writer = self.writer.clone();
+        actix_web::web::block(move || {
+            let _turn = writer.try_lock_for(WRITE_WAIT).ok_or_else(|| {
+                tracing::warn!("writes are queued for longer than {WRITE_WAIT:?}");
+                AppError::Unavailable
+            })?;
             let mut conn = pool.get()?;
             f(&mut conn)
         })
@@ -133,6 +164,16 @@ pub fn insert_user(
     }
 }
 
+fn user_with_hash(r: &Row<'_>) -> rusqlite::Result<(User, String)> {
+    Ok((
+        User {
+            id: r.get(0)?,
+            primary_email: r.get(1)?,
+        },
+        r.get(2)?,
+    ))
+}
+
 /// A user and their password hash, by (normalised) email.
 pub fn find_user_by_email(
     conn: &Connection,
@@ -141,18 +182,32 @@ pub fn find_user_by_email(
     let mut stmt = conn.prepare_cached(
         "SELECT id, primary_email, password_hash FROM neptun_user WHERE primary_email = ?1",
     )?;
-    let found = stmt
-        .query_row([email], |r| {
-            Ok((
-                User {
-                    id: r.get(0)?,
-                    primary_email: r.get(1)?,
-                },
-                r.get(2)?,
-            ))
-        })
-        .optional()?;
-    Ok(found)
+    Ok(stmt.query_row([email], user_with_hash).optional()?)
+}
+
+/// A user and their password hash, by id.
+pub fn find_user_with_hash(conn: &Connection, id: i64) -> Result<Option<(User, String)>, AppError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT id, primary_email, password_hash FROM neptun_user WHERE id = ?1")?;
+    Ok(stmt.query_row([id], user_with_hash).optional()?)
+}
+
+/// Replaces a user's password hash and ends all their sessions, in one transaction; returns
+/// how many sessions ended.
+pub fn change_password(
+    conn: &mut Connection,
+    user_id: i64,
+    password_hash: &str,
+    now: i64,
+) -> Result<usize, AppError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute(
+        "UPDATE neptun_user SET password_hash = ?2, updated_at = ?3 WHERE id = ?1",
+        params![user_id, password_hash, now],
+    )?;
+    let ended = tx.execute("DELETE FROM session WHERE neptun_user_id = ?1", [user_id])?;
+    tx.commit()?;
+    Ok(ended)
 }
 
 pub fn find_user(conn: &Connection, id: i64) -> Result<Option<User>, AppError> {
@@ -355,18 +410,46 @@ pub fn find_object(conn: &Connection, object_key: &str) -> Result<Option<FileRow
     Ok(stmt.query_row([object_key], file_from_row).optional()?)
 }
 
-/// Records uploaded files in one transaction and touches the chat; `None` when the chat is not
-/// (or no longer) the user's, in which case nothing was written.
+/// Bytes stored for a user, counted from the rows' sizes.
+pub fn user_usage(conn: &Connection, user_id: i64) -> Result<u64, AppError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT COALESCE(SUM(f.size), 0) FROM chat_conversation_file f
+         JOIN chat_conversation c ON c.id = f.chat_conversation_id
+         WHERE c.neptun_user_id = ?1",
+    )?;
+    Ok(stmt.query_row([user_id], |r| r.get(0))?)
+}
+
+/// The outcome of [`insert_files`].
+#[derive(Debug)]
+pub enum Inserted {
+    Rows(Vec<FileRow>),
+    /// The chat is not (or no longer) the user's; nothing was written.
+    NoChat,
+    /// The files would take the user past `quota` bytes; nothing was written.
+    OverQuota,
+}
+
+/// Records uploaded files in one transaction and touches the chat, unless the chat is gone or
+/// the user's quota (checked inside the transaction, so concurrent uploads cannot both slip
+/// under it) would be exceeded.
 pub fn insert_files(
     conn: &mut Connection,
     user_id: i64,
     chat_id: i64,
     files: &[NewFile],
     now: i64,
-) -> Result<Option<Vec<FileRow>>, AppError> {
+    quota: Option<u64>,
+) -> Result<Inserted, AppError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     if !chat_exists(&tx, user_id, chat_id)? {
-        return Ok(None);
+        return Ok(Inserted::NoChat);
+    }
+    if let Some(quota) = quota {
+        let adding: u64 = files.iter().map(|f| f.size).sum();
+        if user_usage(&tx, user_id)?.saturating_add(adding) > quota {
+            return Ok(Inserted::OverQuota);
+        }
     }
     let mut rows = Vec::with_capacity(files.len());
     {
@@ -402,7 +485,7 @@ pub fn insert_files(
         params![now, chat_id],
     )?;
     tx.commit()?;
-    Ok(Some(rows))
+    Ok(Inserted::Rows(rows))
 }
 
 /// Deletes one file row and touches its chat; returns its object key, or `None` when there is

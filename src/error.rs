@@ -32,8 +32,19 @@ pub enum AppError {
         expires_at: String,
         server_time: String,
     },
+    #[error("{message}")]
+    TooManyRequests {
+        message: &'static str,
+        retry_after: u64,
+    },
     #[error("Service unavailable")]
     Unavailable,
+    /// The disk (or the database) is full.
+    #[error("Not enough storage space on the server")]
+    InsufficientStorage,
+    /// A request body that stalled for longer than the body timeout.
+    #[error("Request body timed out")]
+    BodyTimeout,
     /// Anything unexpected; its cause is logged, never shown.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -94,7 +105,10 @@ impl ResponseError for AppError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -125,11 +139,28 @@ impl ResponseError for AppError {
                 }
                 response
             }
+            Self::TooManyRequests {
+                message,
+                retry_after,
+            } => {
+                let mut response = error_response(status, message);
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+                response
+            }
             Self::Unavailable => {
                 let mut response = error_response(status, "Service temporarily unavailable");
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                response
+            }
+            Self::BodyTimeout => {
+                let mut response = error_response(status, "Request body timed out");
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 response
             }
             other => error_response(status, &other.to_string()),
@@ -153,12 +184,30 @@ impl From<r2d2::Error> for AppError {
 
 impl From<rusqlite::Error> for AppError {
     fn from(err: rusqlite::Error) -> Self {
-        Self::Internal(err.into())
+        match err.sqlite_error_code() {
+            // Another writer held the database for the whole busy timeout (a backup, the
+            // sqlite3 shell, a burst of writes): a load problem the client can retry.
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+                tracing::warn!(error = %err, "database busy");
+                Self::Unavailable
+            }
+            Some(rusqlite::ErrorCode::DiskFull) => {
+                tracing::error!(error = %err, "database disk full");
+                Self::InsufficientStorage
+            }
+            _ => Self::Internal(err.into()),
+        }
     }
 }
 
 impl From<std::io::Error> for AppError {
     fn from(err: std::io::Error) -> Self {
-        Self::Internal(err.into())
+        match err.kind() {
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+                tracing::error!(error = %err, "storage full");
+                Self::InsufficientStorage
+            }
+            _ => Self::Internal(err.into()),
+        }
     }
 }

@@ -2,6 +2,8 @@
 //! back through time-limited signed URLs.
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
+/// `chatfiles check`: stored bytes verified against the database.
+pub mod check;
 /// Where "now" comes from (system or hand-driven).
 pub mod clock;
 /// Flags and environment, validated once.
@@ -24,3 +26,5 @@ pub mod signing;
 pub mod startup;
 /// Object files on disk: streaming writes, sweep.
 pub mod storage;
+/// Login throttling and the client address it counts by.
+pub mod throttle;

@@ -1,13 +1,23 @@
 //! The envelope around every request: a request id, the contract's error shape for errors the
 //! framework raises, and one log line.
 
-use std::time::Instant;
+use std::cell::Cell;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use actix_web::HttpMessage;
 use actix_web::body::{BoxBody, MessageBody};
-use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
+use actix_web::error::PayloadError;
+use actix_web::http::Method;
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::middleware::Next;
+use actix_web::web::Bytes;
+use actix_web::{HttpMessage, ResponseError};
+use futures_util::Stream;
+use tokio::time::Sleep;
 
 use crate::error::{AppError, error_response};
 
@@ -58,31 +68,157 @@ fn reshape(res: ServiceResponse<BoxBody>) -> ServiceResponse<BoxBody> {
     })
 }
 
+/// A request body that fails with `TimedOut` once the client has sent nothing for `idle`
+/// while we were waiting for it (time we spend elsewhere does not count).
+struct IdleTimeout {
+    inner: Payload,
+    idle: Duration,
+    timer: Pin<Box<Sleep>>,
+    waiting: bool,
+    done: bool,
+}
+
+impl IdleTimeout {
+    fn new(inner: Payload, idle: Duration) -> Self {
+        Self {
+            inner,
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+            waiting: false,
+            done: false,
+        }
+    }
+}
+
+impl Stream for IdleTimeout {
+    type Item = Result<Bytes, PayloadError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut self.inner).poll_next(cx) {
+            Poll::Ready(item) => {
+                self.waiting = false;
+                Poll::Ready(item)
+            }
+            Poll::Pending => {
+                if !self.waiting {
+                    self.waiting = true;
+                    let deadline = tokio::time::Instant::now() + self.idle;
+                    self.timer.as_mut().reset(deadline);
+                }
+                match self.timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        self.done = true;
+                        Poll::Ready(Some(Err(PayloadError::Io(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "request body timed out",
+                        )))))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
+/// Puts the body timeout on a request that has a body.
+fn limit_body_idle(req: &mut ServiceRequest) {
+    let Some(idle) = req
+        .app_data::<actix_web::web::Data<crate::startup::AppState>>()
+        .map(|state| state.body_timeout)
+    else {
+        return;
+    };
+    match req.take_payload() {
+        Payload::None => {}
+        payload => req.set_payload(Payload::from(Box::pin(IdleTimeout::new(payload, idle))
+            as Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>>)),
+    }
+}
+
+/// Longest request target (path and query) served; signed URLs are far shorter.
+const MAX_URI_BYTES: usize = 8 * 1024;
+/// Largest header block served (the HTTP layer's own hard cap is 128 KiB).
+const MAX_HEADER_BYTES: usize = 32 * 1024;
+const LOGGED_PATH_CHARS: usize = 256;
+
+/// The answer, in the contract's shape, to a request whose head is larger than we serve.
+fn oversized(req: &ServiceRequest) -> Option<actix_web::HttpResponse> {
+    let target = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    if target > MAX_URI_BYTES {
+        return Some(error_response(
+            actix_web::http::StatusCode::URI_TOO_LONG,
+            "Request URL is too long",
+        ));
+    }
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    (header_bytes > MAX_HEADER_BYTES).then(|| {
+        error_response(
+            actix_web::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "Request headers are too large",
+        )
+    })
+}
+
+tokio::task_local! {
+    /// Set when something below the handler (the session store) gave up for load, not for a
+    /// bug: the request then ends in 503 with `Retry-After` rather than a 500.
+    static SHED: Cell<bool>;
+}
+
+/// Marks the current request as shed for load (see [`SHED`]).
+pub fn note_shed() {
+    let _ = SHED.try_with(|shed| shed.set(true));
+}
+
 pub async fn envelope(
-    req: ServiceRequest,
+    mut req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let started = Instant::now();
     let id = request_id(&req);
     req.extensions_mut().insert(RequestId(id.clone()));
+    limit_body_idle(&mut req);
     let method = req.method().clone();
-    // The path only: the query string of a download URL holds its signature.
-    let path = req.path().to_owned();
+    // The path only: the query string of a download URL holds its signature. Cut, so that a
+    // huge URL cannot flood the log.
+    let path: String = req.path().chars().take(LOGGED_PATH_CHARS).collect();
 
-    let mut res = match next.call(req).await {
-        Ok(res) => res.map_into_boxed_body(),
+    let (result, shed) = match oversized(&req) {
+        Some(refusal) => (Ok(req.into_response(refusal)), false),
+        None => {
+            SHED.scope(Cell::new(false), async {
+                let result = next.call(req).await.map(|r| r.map_into_boxed_body());
+                (result, SHED.with(Cell::get))
+            })
+            .await
+        }
+    };
+    let mut res = match result {
+        Ok(res) => res,
         Err(err) => {
-            // A middleware (the session store) failed before a handler answered. There is no
+            // A middleware (the session store) failed before or after the handler. There is no
             // request left to build a ServiceResponse from (cloning it up front would break
             // routing), so hand back an error whose own response is in the contract's shape.
-            let status = err.as_response_error().status_code();
-            tracing::error!(request_id = %id, %method, %path, status = status.as_u16(), error = %err, "request failed in middleware");
-            let message = if status.is_server_error() {
-                "Internal server error"
+            let mut response = if shed {
+                tracing::warn!(request_id = %id, %method, %path, error = %err, "request shed in middleware");
+                AppError::Unavailable.error_response()
             } else {
-                status.canonical_reason().unwrap_or("Error")
+                let status = err.as_response_error().status_code();
+                tracing::error!(request_id = %id, %method, %path, status = status.as_u16(), error = %err, "request failed in middleware");
+                let message = if status.is_server_error() {
+                    "Internal server error"
+                } else {
+                    status.canonical_reason().unwrap_or("Error")
+                };
+                error_response(status, message)
             };
-            let mut response = error_response(status, message);
             if let Ok(value) = HeaderValue::from_str(&id) {
                 response.headers_mut().insert(REQUEST_ID, value);
             }
@@ -128,6 +264,63 @@ pub async fn envelope(
     Ok(res)
 }
 
+/// Whether a request with a side effect comes from a page of another site, as the browser
+/// tells us through `Sec-Fetch-Site` and `Origin`. Requests without either (curl, scripts,
+/// mobile apps) are not a browser's cross-site requests and pass.
+fn is_cross_site(req: &ServiceRequest, public_origin: Option<&str>) -> bool {
+    let headers = req.headers();
+    let fetch_site = headers
+        .get("sec-fetch-site")
+        .map(|v| v.as_bytes().to_ascii_lowercase());
+    if let Some(site) = fetch_site {
+        // `same-site` is another origin too (a sibling subdomain or port): refused as well.
+        if site != b"same-origin" && site != b"none" {
+            return true;
+        }
+    }
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return false;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return true;
+    };
+    if public_origin.is_some_and(|own| own.eq_ignore_ascii_case(origin)) {
+        return false;
+    }
+    // Without a configured public URL the request's own Host is the service's authority.
+    let authority = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    match (authority, host) {
+        (Some(authority), Some(host)) => !authority.eq_ignore_ascii_case(host),
+        // `Origin: null` (sandboxed frames, some redirects) or no Host: not provably ours.
+        _ => true,
+    }
+}
+
+/// Refuses state-changing requests that a browser made for a page of another site (CSRF), with
+/// 403 in the contract's shape; safe methods pass untouched.
+pub async fn refuse_cross_site(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let safe = matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    );
+    if !safe {
+        let public_origin = req
+            .app_data::<actix_web::web::Data<crate::startup::AppState>>()
+            .and_then(|state| state.public_origin.clone());
+        if is_cross_site(&req, public_origin.as_deref()) {
+            let err = AppError::Forbidden("Cross-site request refused".into());
+            return Ok(req.error_response(err));
+        }
+    }
+    Ok(next.call(req).await?.map_into_boxed_body())
+}
+
 /// The answer for a path no route matches.
 pub async fn not_found() -> Result<(), AppError> {
     Err(AppError::NotFound("Not found"))
@@ -147,6 +340,9 @@ pub fn json_error(
             AppError::PayloadTooLarge("Request body is too large".into())
         }
         E::Deserialize(e) => AppError::BadRequest(format!("Invalid JSON body: {e}")),
+        E::Payload(PayloadError::Io(e)) if e.kind() == io::ErrorKind::TimedOut => {
+            AppError::BodyTimeout
+        }
         other => AppError::BadRequest(format!("Invalid request body: {other}")),
     };
     app.into()

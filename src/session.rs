@@ -59,6 +59,10 @@ fn user_of(state: &HashMap<String, String>) -> Option<i64> {
 fn to_anyhow(err: AppError) -> anyhow::Error {
     match err {
         AppError::Internal(err) => err,
+        AppError::Unavailable => {
+            crate::middleware::note_shed();
+            anyhow::anyhow!("database unavailable")
+        }
         other => anyhow::anyhow!("{other}"),
     }
 }
@@ -91,7 +95,7 @@ impl SessionStore for SqliteSessionStore {
         let user = user_of(&state);
         let (_, expires) = self.expiry(ttl);
         self.db
-            .run(move |conn| db::insert_session(conn, &hash, user, &body, expires))
+            .write(move |conn| db::insert_session(conn, &hash, user, &body, expires))
             .await
             .map_err(|e| SaveError::Other(to_anyhow(e)))?;
         Ok(key)
@@ -110,7 +114,7 @@ impl SessionStore for SqliteSessionStore {
         let (now, expires) = self.expiry(ttl);
         let updated = self
             .db
-            .run(move |conn| db::update_session(conn, &hash, user, &body, expires, now))
+            .write(move |conn| db::update_session(conn, &hash, user, &body, expires, now))
             .await
             .map_err(|e| UpdateError::Other(to_anyhow(e)))?;
         if !updated {
@@ -131,16 +135,22 @@ impl SessionStore for SqliteSessionStore {
         // Rolling expiry to within a minute (or a tenth of a short TTL) is plenty, and spares
         // a database write on nearly every request.
         let slack = (ttl.whole_seconds() / 10).clamp(0, 60);
-        self.db
-            .run(move |conn| db::touch_session(conn, &hash, expires, now, slack))
-            .await
-            .map_err(to_anyhow)
+        let touched = self
+            .db
+            .write(move |conn| db::touch_session(conn, &hash, expires, now, slack))
+            .await;
+        // A missed extension only shortens the session a little; failing the request for it
+        // (a 500 from the session middleware) would be worse.
+        if let Err(err) = touched {
+            tracing::warn!(error = %err, "could not extend a session");
+        }
+        Ok(())
     }
 
     async fn delete(&self, session_key: &SessionKey) -> Result<(), anyhow::Error> {
         let hash = id_hash(session_key);
         self.db
-            .run(move |conn| db::delete_session(conn, &hash))
+            .write(move |conn| db::delete_session(conn, &hash))
             .await
             .map_err(to_anyhow)
     }

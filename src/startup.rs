@@ -13,15 +13,20 @@ use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use anyhow::Context;
 
+use ipnet::IpNet;
+use tokio::sync::Semaphore;
+
 use crate::clock::Clock;
 use crate::config::{Config, Signup, public_base};
 use crate::db::{self, Db};
-use crate::middleware::{envelope, json_error, not_found, query_error};
+use crate::error::AppError;
+use crate::middleware::{envelope, json_error, not_found, query_error, refuse_cross_site};
 use crate::routes;
 use crate::secrets::{derive_keys, load_master};
 use crate::session::SqliteSessionStore;
 use crate::signing::UrlSigner;
-use crate::storage::Storage;
+use crate::storage::{Storage, StorageLock};
+use crate::throttle::LoginThrottle;
 
 /// The cookie Neptun's clients send.
 pub const SESSION_COOKIE: &str = "neptun-session";
@@ -29,6 +34,9 @@ pub const SESSION_COOKIE: &str = "neptun-session";
 const JSON_LIMIT: usize = 16 * 1024;
 /// How often expired sessions are purged.
 const SESSION_PURGE_EVERY: Duration = Duration::from_secs(600);
+
+/// How long a password check may wait for a free hasher before the request is shed with 503.
+const HASH_WAIT: Duration = Duration::from_secs(5);
 
 /// What every handler shares.
 pub struct AppState {
@@ -38,16 +46,57 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     /// Absolute base of download URLs, without a trailing slash.
     pub public_base: String,
+    /// `scheme://host[:port]` of `--public-url`, when one is configured.
+    pub public_origin: Option<String>,
     pub url_ttl_secs: u64,
     pub max_file_size: u64,
+    /// Bytes each user may store; `None` for no limit.
+    pub user_quota: Option<u64>,
+    /// Longest a request body may stall.
+    pub body_timeout: Duration,
     pub signup_open: bool,
+    pub login_throttle: LoginThrottle,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Argon2 takes ~19 MiB and tens of milliseconds of a core per hash: a flood of logins must
+    /// queue, not exhaust memory or starve everything else.
+    hashers: Arc<Semaphore>,
 }
 
 impl AppState {
+    /// Runs password hashing or checking on the blocking pool, a few at a time.
+    pub async fn hashing<T, F>(&self, f: F) -> Result<T, AppError>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        let permit = tokio::time::timeout(HASH_WAIT, self.hashers.clone().acquire_owned())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or_else(|| {
+                tracing::warn!("password hashing is saturated; shedding a request");
+                AppError::Unavailable
+            })?;
+        Ok(web::block(move || {
+            let _permit = permit;
+            f()
+        })
+        .await?)
+    }
+
     /// Removes objects whose rows are gone. A failure only leaves an orphan for the next
     /// start's sweep, so it is logged, not returned.
     pub async fn remove_objects(&self, keys: Vec<String>) {
         if keys.is_empty() {
+            return;
+        }
+        // Crash tests stop here: rows deleted (durably), bytes still on disk.
+        #[cfg(feature = "failpoints")]
+        if web::block(|| fail::fail_point!("remove-objects"))
+            .await
+            .is_err()
+        {
             return;
         }
         let storage = self.storage.clone();
@@ -71,11 +120,28 @@ pub struct Application {
     addr: SocketAddr,
     db: Db,
     clock: Arc<dyn Clock>,
+    /// Held while the service runs: no second service, and no `check --repair`, on the same
+    /// storage directory.
+    lock: StorageLock,
 }
 
 impl Application {
     /// Prepares everything and binds the listener; requests are accepted once it runs.
     pub fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        // A moment's grace for a previous instance that is still letting go.
+        let lock = StorageLock::acquire(&config.storage_dir, Duration::from_secs(2))
+            .with_context(|| {
+                format!(
+                    "cannot lock storage directory {}",
+                    config.storage_dir.display()
+                )
+            })?
+            .with_context(|| {
+                format!(
+                    "another chatfiles process is using storage directory {}",
+                    config.storage_dir.display()
+                )
+            })?;
         let storage = Storage::open(&config.storage_dir).with_context(|| {
             format!(
                 "cannot prepare storage directory {}",
@@ -120,9 +186,18 @@ impl Application {
             signer: keys.urls,
             clock: clock.clone(),
             public_base,
+            public_origin: config
+                .public_url
+                .as_ref()
+                .map(|url| url.origin().ascii_serialization()),
             url_ttl_secs: config.url_ttl.as_secs(),
             max_file_size: config.max_file_size,
+            user_quota: (config.user_quota > 0).then_some(config.user_quota),
+            body_timeout: config.body_timeout,
             signup_open: config.signup == Signup::Open,
+            login_throttle: LoginThrottle::default(),
+            trusted_proxies: config.trusted_proxies.clone(),
+            hashers: Arc::new(Semaphore::new(workers.max(2))),
         });
         let store = SqliteSessionStore::new(db.clone(), clock.clone());
         let session_key = keys.session;
@@ -155,6 +230,7 @@ impl Application {
                 .service(
                     web::scope("/api")
                         .wrap(sessions)
+                        .wrap(from_fn(refuse_cross_site))
                         .configure(routes::auth::configure)
                         .configure(routes::chats::configure)
                         .configure(routes::files::configure),
@@ -164,6 +240,9 @@ impl Application {
                 .wrap(from_fn(envelope))
         })
         .workers(workers)
+        .client_request_timeout(config.request_timeout)
+        .client_disconnect_timeout(Duration::from_secs(1))
+        .keep_alive(config.keep_alive)
         .disable_signals()
         .shutdown_timeout(10)
         .listen(listener)?
@@ -174,6 +253,7 @@ impl Application {
             addr,
             db,
             clock,
+            lock,
         })
     }
 
@@ -201,6 +281,7 @@ impl Application {
         let result = self.server.await;
         purger.abort();
         signals.abort();
+        drop(self.lock);
         result
     }
 }
@@ -212,7 +293,7 @@ async fn purge_sessions(db: Db, clock: Arc<dyn Clock>) {
         every.tick().await;
         let now = clock.unix();
         match db
-            .run(move |conn| db::purge_expired_sessions(conn, now))
+            .write(move |conn| db::purge_expired_sessions(conn, now))
             .await
         {
             Ok(purged) if purged > 0 => tracing::debug!(purged, "purged expired sessions"),

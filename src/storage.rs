@@ -15,6 +15,39 @@ use sha2::{Digest, Sha256};
 
 /// Length of an object key: 128 random bits as lowercase hex.
 pub const KEY_LEN: usize = 32;
+/// The lock file [`StorageLock`] keeps in the storage directory.
+pub const LOCK_FILE: &str = "chatfiles.lock";
+
+/// An exclusive hold on a storage directory (`<storage>/chatfiles.lock`): one service, or one
+/// `check --repair`, at a time. Released when dropped, or by the kernel when the process dies.
+#[derive(Debug)]
+pub struct StorageLock {
+    _file: File,
+}
+
+impl StorageLock {
+    /// Takes the lock, retrying for up to `wait`; `Ok(None)` when someone else still holds it.
+    pub fn acquire(root: &Path, wait: std::time::Duration) -> io::Result<Option<Self>> {
+        fs::create_dir_all(root)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(root.join(LOCK_FILE))?;
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(Some(Self { _file: file })),
+                Err(fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(fs::TryLockError::WouldBlock) => return Ok(None),
+                Err(fs::TryLockError::Error(err)) => return Err(err),
+            }
+        }
+    }
+}
 
 /// The storage directory.
 #[derive(Debug, Clone)]
@@ -34,6 +67,12 @@ pub fn new_key() -> String {
 /// Whether `key` has the shape of a key we issue; anything else never reaches the filesystem.
 pub fn is_valid_key(key: &str) -> bool {
     key.len() == KEY_LEN && key.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Where the object `key` lives under the `objects` directory: `<objects>/<first 2 hex>/<key>`;
+/// `None` for a string that is not a key.
+pub fn object_path_in(objects: &Path, key: &str) -> Option<PathBuf> {
+    is_valid_key(key).then(|| objects.join(&key[..2]).join(key))
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -60,7 +99,7 @@ impl Storage {
 
     /// The path of an object, or `None` for a string that is not a key.
     pub fn object_path(&self, key: &str) -> Option<PathBuf> {
-        is_valid_key(key).then(|| self.objects.join(&key[..2]).join(key))
+        object_path_in(&self.objects, key)
     }
 
     /// Starts a new object in the temp area.
@@ -119,39 +158,51 @@ impl Storage {
     pub fn sweep(&self, referenced: &HashSet<String>) -> io::Result<SweepReport> {
         let mut report = SweepReport::default();
         for entry in fs::read_dir(&self.tmp)? {
-            let path = entry?.path();
-            if path.is_dir() {
-                fs::remove_dir_all(&path)?;
-            } else {
-                fs::remove_file(&path)?;
-            }
+            remove_entry(&entry?)?;
             report.temp_files += 1;
         }
         for shard in fs::read_dir(&self.objects)? {
-            let shard = shard?.path();
-            if !shard.is_dir() {
-                fs::remove_file(&shard)?;
+            let shard = shard?;
+            // `file_type` does not follow symlinks: a link planted here is removed, never walked.
+            if !shard.file_type()?.is_dir() {
+                remove_entry(&shard)?;
                 report.orphans += 1;
                 continue;
             }
-            for entry in fs::read_dir(&shard)? {
+            let mut kept = 0;
+            for entry in fs::read_dir(shard.path())? {
                 let entry = entry?;
                 let name = entry.file_name();
-                let keep = name.to_str().is_some_and(|n| {
-                    referenced.contains(n) && self.object_path(n).is_some_and(|p| p == entry.path())
-                });
-                if !keep {
-                    let path = entry.path();
-                    if path.is_dir() {
-                        fs::remove_dir_all(&path)?;
-                    } else {
-                        fs::remove_file(&path)?;
-                    }
+                let keep = entry.file_type()?.is_file()
+                    && name.to_str().is_some_and(|n| {
+                        referenced.contains(n)
+                            && self.object_path(n).is_some_and(|p| p == entry.path())
+                    });
+                if keep {
+                    kept += 1;
+                } else {
+                    remove_entry(&entry)?;
                     report.orphans += 1;
                 }
             }
+            let is_shard = shard
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.len() == 2 && n.bytes().all(|b| b.is_ascii_hexdigit()));
+            if kept == 0 && !is_shard {
+                fs::remove_dir(shard.path())?;
+            }
         }
         Ok(report)
+    }
+}
+
+/// Removes a directory entry (a directory with its contents), without following symlinks.
+fn remove_entry(entry: &fs::DirEntry) -> io::Result<()> {
+    if entry.file_type()?.is_dir() {
+        fs::remove_dir_all(entry.path())
+    } else {
+        fs::remove_file(entry.path())
     }
 }
 
@@ -259,6 +310,39 @@ mod tests {
         temp.write(b"partial")?;
         drop(temp);
         assert_eq!(fs::read_dir(dir.path().join("tmp"))?.count(), 0);
+        Ok(())
+    }
+
+    #[test]
+    fn the_sweep_removes_planted_links_without_following_them() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let storage = Storage::open(&dir.path().join("storage"))?;
+        let elsewhere = dir.path().join("elsewhere");
+        fs::create_dir(&elsewhere)?;
+        fs::write(elsewhere.join("precious"), b"keep me")?;
+        let objects = dir.path().join("storage").join("objects");
+        std::os::unix::fs::symlink(&elsewhere, objects.join("ab"))?;
+        fs::create_dir(objects.join("cd"))?;
+        std::os::unix::fs::symlink(&elsewhere, objects.join("cd").join("link"))?;
+        fs::create_dir(objects.join("not-a-shard"))?;
+        let report = storage.sweep(&HashSet::new())?;
+        assert_eq!(report.orphans, 2);
+        assert!(elsewhere.join("precious").exists());
+        assert!(!objects.join("ab").exists());
+        assert!(!objects.join("not-a-shard").exists());
+        assert!(objects.join("cd").exists(), "an empty shard may stay");
+        Ok(())
+    }
+
+    #[test]
+    fn only_one_holder_locks_a_storage_directory() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let wait = std::time::Duration::from_millis(50);
+        let first = StorageLock::acquire(dir.path(), wait)?;
+        assert!(first.is_some());
+        assert!(StorageLock::acquire(dir.path(), wait)?.is_none());
+        drop(first);
+        assert!(StorageLock::acquire(dir.path(), wait)?.is_some());
         Ok(())
     }
 

@@ -3,7 +3,7 @@
 use std::sync::LazyLock;
 
 use actix_session::Session;
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use argon2::Argon2;
 use argon2::password_hash::{
     PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng,
@@ -17,6 +17,7 @@ use crate::error::AppError;
 use crate::routes::method_not_allowed;
 use crate::session::{self, AuthUser};
 use crate::startup::AppState;
+use crate::throttle::client_address;
 
 const MIN_PASSWORD_CHARS: usize = 8;
 // Argon2 hashes any length, but a megabyte password is only a way to burn our CPU.
@@ -40,6 +41,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .default_service(method_not_allowed("POST")),
     )
     .service(
+        web::resource("/auth/password")
+            .route(web::post().to(change_password))
+            .default_service(method_not_allowed("POST")),
+    )
+    .service(
         web::resource("/auth/check")
             .route(web::get().to(check))
             .route(web::head().to(check))
@@ -60,6 +66,16 @@ struct Credentials {
     email: String,
     password: String,
 }
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PasswordChange {
+    current_password: String,
+    password: String,
+    confirm_password: String,
+}
+
+const THROTTLED: &str = "Too many failed login attempts; try again later";
 
 /// Trimmed and lowercased, as emails are stored.
 fn normalize_email(email: &str) -> String {
@@ -95,7 +111,7 @@ fn is_valid_email(email: &str) -> bool {
     local_ok && domain_ok
 }
 
-fn check_password(password: &str) -> Result<(), AppError> {
+fn check_new_password(password: &str, confirmation: &str) -> Result<(), AppError> {
     if password.chars().count() < MIN_PASSWORD_CHARS {
         return Err(AppError::BadRequest(format!(
             "Password must be at least {MIN_PASSWORD_CHARS} characters"
@@ -105,6 +121,9 @@ fn check_password(password: &str) -> Result<(), AppError> {
         return Err(AppError::BadRequest(format!(
             "Password must be at most {MAX_PASSWORD_BYTES} bytes"
         )));
+    }
+    if password != confirmation {
+        return Err(AppError::BadRequest("Passwords do not match".into()));
     }
     Ok(())
 }
@@ -162,48 +181,119 @@ async fn sign_up(
     if !is_valid_email(&email) {
         return Err(AppError::BadRequest("Invalid email address".into()));
     }
-    check_password(&password)?;
-    if password != confirm_password {
-        return Err(AppError::BadRequest("Passwords do not match".into()));
-    }
-    let hash = web::block(move || hash_password(&password)).await??;
+    check_new_password(&password, &confirm_password)?;
+    let hash = state.hashing(move || hash_password(&password)).await??;
     let now = state.clock.unix();
     let user = state
         .db
-        .run(move |conn| db::insert_user(conn, &email, &hash, now))
+        .write(move |conn| db::insert_user(conn, &email, &hash, now))
         .await?
         .ok_or_else(|| AppError::Conflict("Email is already taken".into()))?;
     session::log_in(&session, user.id)?;
     Ok(HttpResponse::Created().json(json!({ "user": user })))
 }
 
+/// Checks `password` against a stored hash (or, for no user, a dummy one so that the answer
+/// takes as long), throttled per account and client address.
+async fn verify_throttled(
+    state: &AppState,
+    req: &HttpRequest,
+    account: &str,
+    found: Option<(User, String)>,
+    password: String,
+) -> Result<Option<User>, AppError> {
+    let address = client_address(req, &state.trusted_proxies);
+    let now = state.clock.unix();
+    state
+        .login_throttle
+        .check(account, address, now)
+        .map_err(|retry_after| AppError::TooManyRequests {
+            message: THROTTLED,
+            retry_after,
+        })?;
+    let user = state
+        .hashing(move || match found {
+            Some((user, hash)) if password.len() <= MAX_PASSWORD_BYTES => {
+                verify_password(&password, &hash).then_some(user)
+            }
+            _ => {
+                verify_password(&password, &DUMMY_HASH);
+                None
+            }
+        })
+        .await?;
+    let now = state.clock.unix();
+    match &user {
+        Some(_) => state.login_throttle.succeeded(account, address, now),
+        None => {
+            state.login_throttle.failed(account, address, now);
+            tracing::info!(%address, "failed password check");
+        }
+    }
+    Ok(user)
+}
+
 async fn log_in(
     state: web::Data<AppState>,
     session: Session,
+    req: HttpRequest,
     body: web::Json<Credentials>,
 ) -> Result<HttpResponse, AppError> {
     let Credentials { email, password } = body.into_inner();
     let email = normalize_email(&email);
+    let lookup = email.clone();
     let found = state
         .db
-        .run(move |conn| db::find_user_by_email(conn, &email))
+        .run(move |conn| db::find_user_by_email(conn, &lookup))
         .await?;
-    let user: Option<User> = web::block(move || match found {
-        Some((user, hash)) if password.len() <= MAX_PASSWORD_BYTES => {
-            verify_password(&password, &hash).then_some(user)
-        }
-        _ => {
-            verify_password(&password, &DUMMY_HASH);
-            None
-        }
-    })
-    .await?;
-    let user = user.ok_or(AppError::Unauthorized("Invalid email or password"))?;
+    let user = verify_throttled(&state, &req, &email, found, password)
+        .await?
+        .ok_or(AppError::Unauthorized("Invalid email or password"))?;
     session::log_in(&session, user.id)?;
     Ok(HttpResponse::Ok().json(json!({
         "user": user,
         "loggedInAt": rfc3339(state.clock.unix()),
     })))
+}
+
+/// Sets a new password after checking the current one, and ends every session of the user;
+/// this one continues under a new id.
+async fn change_password(
+    state: web::Data<AppState>,
+    session: Session,
+    req: HttpRequest,
+    user: AuthUser,
+    body: web::Json<PasswordChange>,
+) -> Result<HttpResponse, AppError> {
+    let PasswordChange {
+        current_password,
+        password,
+        confirm_password,
+    } = body.into_inner();
+    check_new_password(&password, &confirm_password)?;
+    let found = state
+        .db
+        .run(move |conn| db::find_user_with_hash(conn, user.id))
+        .await?
+        .ok_or(AppError::Unauthorized("Unauthorized"))?;
+    let account = found.0.primary_email.clone();
+    verify_throttled(&state, &req, &account, Some(found), current_password)
+        .await?
+        .ok_or_else(|| AppError::Forbidden("Current password is incorrect".into()))?;
+    let hash = state.hashing(move || hash_password(&password)).await??;
+    let now = state.clock.unix();
+    let ended = state
+        .db
+        .write(move |conn| db::change_password(conn, user.id, &hash, now))
+        .await?;
+    tracing::info!(
+        user_id = user.id,
+        sessions_ended = ended,
+        "password changed"
+    );
+    // The row behind this session is gone too; renewing saves its state under a fresh id.
+    session.renew();
+    Ok(HttpResponse::NoContent().finish())
 }
 
 async fn log_out(session: Session) -> HttpResponse {

@@ -71,7 +71,7 @@ async fn create_chat(
     let now = state.clock.unix();
     let chat = state
         .db
-        .run(move |conn| db::insert_chat(conn, path.user_id, &name, &model, now))
+        .write(move |conn| db::insert_chat(conn, path.user_id, &name, &model, now))
         .await?;
     Ok(HttpResponse::Created().json(json!({ "chat": chat })))
 }
@@ -79,7 +79,7 @@ async fn create_chat(
 async fn delete_chat(state: web::Data<AppState>, path: ChatPath) -> Result<HttpResponse, AppError> {
     let keys = state
         .db
-        .run(move |conn| db::delete_chat(conn, path.user_id, path.chat_id))
+        .write(move |conn| db::delete_chat(conn, path.user_id, path.chat_id))
         .await?
         .ok_or(AppError::NotFound("Chat not found"))?;
     state.remove_objects(keys).await;

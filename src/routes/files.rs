@@ -1,14 +1,13 @@
 //! A chat's files: the seed listing, uploads, one file, deletes
 //! (`/api/users/{user_id}/chats/{chat_id}/files`).
 
-use actix_multipart::Multipart;
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::db;
 use crate::error::AppError;
-use crate::routes::upload::receive_files;
+use crate::routes::upload::{self, Limits, receive_files};
 use crate::routes::{ChatPath, FilePath, method_not_allowed_after_login};
 use crate::startup::AppState;
 
@@ -60,18 +59,34 @@ async fn upload_chat_files(
             "Content-Type must be multipart/form-data".into(),
         ));
     }
-    let exists = state
+    let quota = state.user_quota;
+    let used = state
         .db
-        .run(move |conn| db::find_chat(conn, path.user_id, path.chat_id))
+        .run(move |conn| {
+            let Some(_) = db::find_chat(conn, path.user_id, path.chat_id)? else {
+                return Ok(None);
+            };
+            let used = match quota {
+                Some(_) => db::user_usage(conn, path.user_id)?,
+                None => 0,
+            };
+            Ok(Some(used))
+        })
         .await?
-        .is_some();
-    if !exists {
-        return Err(AppError::NotFound("Chat not found"));
+        .ok_or(AppError::NotFound("Chat not found"))?;
+    let limits = Limits {
+        max_file_size: state.max_file_size,
+        quota: quota.map(|quota| (quota, used)),
+    };
+    if let Some((quota, used)) = limits.quota {
+        // Nothing fits: say so before reading a byte of the body.
+        if used >= quota {
+            return Err(Limits::quota_exceeded(quota));
+        }
     }
-    let multipart = Multipart::new(req.headers(), payload);
-    let received = receive_files(&state, multipart).await?;
+    let received = receive_files(&state, upload::multipart(req.headers(), payload), limits).await?;
     let rows = state
-        .store_uploads(path.user_id, path.chat_id, received)
+        .store_uploads(path.user_id, path.chat_id, received, limits)
         .await?;
     let expires = state.url_expiry();
     let files: Vec<_> = rows
@@ -123,7 +138,7 @@ async fn delete_chat_file(
     let now = state.clock.unix();
     let key = state
         .db
-        .run(move |conn| db::delete_file(conn, path.user_id, path.chat_id, path.file_id, now))
+        .write(move |conn| db::delete_file(conn, path.user_id, path.chat_id, path.file_id, now))
         .await?;
     let Some(key) = key else {
         return Err(not_found(&state, path).await);

@@ -1,13 +1,21 @@
 //! Receiving uploads: each `file` part is streamed to a temp file while hashed and counted,
 //! then all of a request's files are committed together, or none.
 
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+
 use actix_multipart::{Field, Multipart, MultipartError};
+use actix_web::error::PayloadError;
+use actix_web::http::header::HeaderMap;
 use actix_web::web;
-use bytes::BytesMut;
-use futures_util::StreamExt;
+use bytes::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
 use mime::Mime;
 
-use crate::db::{self, FileRow, NewFile};
+use crate::db::{self, FileRow, Inserted, NewFile};
 use crate::error::AppError;
 use crate::startup::AppState;
 use crate::storage::{self, TempObject};
@@ -21,6 +29,9 @@ const MAX_OTHER_PART: usize = 64 * 1024;
 /// After refusing a request as too large, how much more of its body we read (and throw away)
 /// so that the client sees the 413 instead of a reset connection.
 const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
+/// Body bytes the multipart parser may take in without handing us anything: it buffers a part's
+/// headers whole, so a part header that never ends would otherwise grow without bound.
+const MAX_UNPRODUCTIVE: usize = 256 * 1024;
 const MAX_NAME_BYTES: usize = 255;
 const MAX_EXTENSION_BYTES: usize = 16;
 const FALLBACK_NAME: &str = "file";
@@ -34,6 +45,57 @@ pub struct Received {
     size: u64,
 }
 
+/// What one upload request may store: the per-file limit, and what is left of the user's quota.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_file_size: u64,
+    /// `(quota, bytes in use)`, or `None` without a quota.
+    pub quota: Option<(u64, u64)>,
+}
+
+impl Limits {
+    pub fn quota_exceeded(quota: u64) -> AppError {
+        AppError::PayloadTooLarge(format!(
+            "Upload exceeds your storage quota of {quota} bytes"
+        ))
+    }
+}
+
+/// The request body as the multipart parser sees it, cut off when the parser keeps consuming
+/// without producing (see [`MAX_UNPRODUCTIVE`]).
+struct Guarded<S> {
+    inner: S,
+    unproductive: Arc<AtomicUsize>,
+}
+
+impl<S: Stream<Item = Result<Bytes, PayloadError>> + Unpin> Stream for Guarded<S> {
+    type Item = Result<Bytes, PayloadError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let polled = Pin::new(&mut self.inner).poll_next(cx);
+        if let Poll::Ready(Some(Ok(chunk))) = &polled {
+            let seen = self.unproductive.fetch_add(chunk.len(), Ordering::Relaxed) + chunk.len();
+            if seen > MAX_UNPRODUCTIVE {
+                return Poll::Ready(Some(Err(PayloadError::Io(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "part headers are too large",
+                )))));
+            }
+        }
+        polled
+    }
+}
+
+/// A multipart reader over `payload` whose parser cannot buffer without bound.
+pub fn multipart(headers: &HeaderMap, payload: web::Payload) -> (Multipart, Arc<AtomicUsize>) {
+    let unproductive = Arc::new(AtomicUsize::new(0));
+    let guarded = Guarded {
+        inner: payload,
+        unproductive: unproductive.clone(),
+    };
+    (Multipart::new(headers, guarded), unproductive)
+}
+
 fn multipart_error(err: MultipartError) -> AppError {
     match err {
         MultipartError::ContentTypeMissing
@@ -44,8 +106,16 @@ fn multipart_error(err: MultipartError) -> AppError {
         MultipartError::Nested => {
             AppError::BadRequest("Nested multipart parts are not supported".into())
         }
-        MultipartError::Payload(actix_web::error::PayloadError::Overflow) => {
+        MultipartError::Payload(PayloadError::Overflow) => {
             AppError::PayloadTooLarge("Request body is too large".into())
+        }
+        MultipartError::Payload(PayloadError::Io(err)) if err.kind() == io::ErrorKind::TimedOut => {
+            AppError::BodyTimeout
+        }
+        MultipartError::Payload(PayloadError::Io(err))
+            if err.kind() == io::ErrorKind::InvalidData =>
+        {
+            AppError::BadRequest(format!("Malformed multipart body: {err}"))
         }
         other => AppError::BadRequest(format!("Malformed multipart body: {other}")),
     }
@@ -103,14 +173,37 @@ pub fn effective_type(declared: Option<&Mime>, name: &str) -> String {
     )
 }
 
+/// What reading the parts keeps track of.
+struct Reader<'a> {
+    state: &'a AppState,
+    limits: Limits,
+    unproductive: Arc<AtomicUsize>,
+    /// File bytes of this request so far, for the quota.
+    total: u64,
+}
+
+impl Reader<'_> {
+    /// The parser produced something: its input so far was put to use.
+    fn progress(&self) {
+        self.unproductive.store(0, Ordering::Relaxed);
+    }
+}
+
 /// Reads every part of the request. On any failure nothing it wrote stays behind.
 pub async fn receive_files(
     state: &AppState,
-    mut multipart: Multipart,
+    (mut multipart, unproductive): (Multipart, Arc<AtomicUsize>),
+    limits: Limits,
 ) -> Result<Vec<Received>, AppError> {
     let mut received = Vec::new();
     let mut current = None;
-    let result = read_parts(state, &mut multipart, &mut received, &mut current).await;
+    let mut reader = Reader {
+        state,
+        limits,
+        unproductive,
+        total: 0,
+    };
+    let result = read_parts(&mut reader, &mut multipart, &mut received, &mut current).await;
     match result {
         Ok(()) if received.is_empty() => Err(AppError::BadRequest(
             "The request has no part named \"file\"".into(),
@@ -119,7 +212,12 @@ pub async fn receive_files(
         Err(err) => {
             // Deleting temp files is blocking work: do it off the async worker.
             let _ = web::block(move || drop((received, current))).await;
-            if matches!(err, AppError::PayloadTooLarge(_)) {
+            // Reading the rest lets the client see our answer rather than a reset connection.
+            if matches!(
+                err,
+                AppError::PayloadTooLarge(_) | AppError::InsufficientStorage
+            ) {
+                reader.progress();
                 drain(&mut multipart).await;
             }
             Err(err)
@@ -128,7 +226,7 @@ pub async fn receive_files(
 }
 
 async fn read_parts(
-    state: &AppState,
+    reader: &mut Reader<'_>,
     multipart: &mut Multipart,
     received: &mut Vec<Received>,
     current: &mut Option<TempObject>,
@@ -136,6 +234,7 @@ async fn read_parts(
     let mut parts = 0;
     while let Some(field) = multipart.next().await {
         let mut field = field.map_err(multipart_error)?;
+        reader.progress();
         parts += 1;
         if parts > MAX_PARTS {
             return Err(AppError::PayloadTooLarge(format!(
@@ -143,7 +242,7 @@ async fn read_parts(
             )));
         }
         if field.name() != Some("file") {
-            skip_part(&mut field).await?;
+            skip_part(reader, &mut field).await?;
             continue;
         }
         let raw_name = field
@@ -152,7 +251,7 @@ async fn read_parts(
             .unwrap_or_default();
         let name = sanitize_name(raw_name);
         let mime = effective_type(field.content_type(), &name);
-        let (sha256, size) = receive_part(state, &mut field, current).await?;
+        let (sha256, size) = receive_part(reader, &mut field, current).await?;
         if let Some(temp) = current.take() {
             received.push(Received {
                 temp,
@@ -166,10 +265,11 @@ async fn read_parts(
     Ok(())
 }
 
-async fn skip_part(field: &mut Field) -> Result<(), AppError> {
+async fn skip_part(reader: &Reader<'_>, field: &mut Field) -> Result<(), AppError> {
     let mut seen = 0;
     while let Some(chunk) = field.next().await {
         seen += chunk.map_err(multipart_error)?.len();
+        reader.progress();
         if seen > MAX_OTHER_PART {
             return Err(AppError::PayloadTooLarge(
                 "A form field is too large".into(),
@@ -181,21 +281,28 @@ async fn skip_part(field: &mut Field) -> Result<(), AppError> {
 
 /// Streams one part into a new temp object left in `current`; returns its hash and size.
 async fn receive_part(
-    state: &AppState,
+    reader: &mut Reader<'_>,
     field: &mut Field,
     current: &mut Option<TempObject>,
 ) -> Result<(String, u64), AppError> {
-    let storage = state.storage.clone();
+    let storage = reader.state.storage.clone();
     *current = Some(web::block(move || storage.create_temp()).await??);
-    let limit = state.max_file_size;
+    let limit = reader.limits.max_file_size;
     let mut written: u64 = 0;
     let mut buffer = BytesMut::new();
     while let Some(chunk) = field.next().await {
         let chunk = chunk.map_err(multipart_error)?;
+        reader.progress();
         if written + (buffer.len() + chunk.len()) as u64 > limit {
             return Err(AppError::PayloadTooLarge(format!(
                 "File exceeds the maximum size of {limit} bytes"
             )));
+        }
+        reader.total += chunk.len() as u64;
+        if let Some((quota, used)) = reader.limits.quota
+            && used.saturating_add(reader.total) > quota
+        {
+            return Err(Limits::quota_exceeded(quota));
         }
         buffer.extend_from_slice(&chunk);
         if buffer.len() >= WRITE_BATCH {
@@ -253,6 +360,7 @@ impl AppState {
         user_id: i64,
         chat_id: i64,
         received: Vec<Received>,
+        limits: Limits,
     ) -> Result<Vec<FileRow>, AppError> {
         let storage = self.storage.clone();
         let files = web::block(move || -> Result<Vec<NewFile>, AppError> {
@@ -277,17 +385,25 @@ impl AppState {
             Ok(files)
         })
         .await??;
+        // Crash tests stop here: bytes in place, rows not yet written.
+        #[cfg(feature = "failpoints")]
+        web::block(|| fail::fail_point!("upload-after-commit")).await?;
         let keys: Vec<String> = files.iter().map(|f| f.object_key.clone()).collect();
         let now = self.clock.unix();
+        let quota = limits.quota.map(|(quota, _)| quota);
         let inserted = self
             .db
-            .run(move |conn| db::insert_files(conn, user_id, chat_id, &files, now))
+            .write(move |conn| db::insert_files(conn, user_id, chat_id, &files, now, quota))
             .await;
         match inserted {
-            Ok(Some(rows)) => Ok(rows),
-            Ok(None) => {
+            Ok(Inserted::Rows(rows)) => Ok(rows),
+            Ok(Inserted::NoChat) => {
                 self.remove_objects(keys).await;
                 Err(AppError::NotFound("Chat not found"))
+            }
+            Ok(Inserted::OverQuota) => {
+                self.remove_objects(keys).await;
+                Err(Limits::quota_exceeded(quota.unwrap_or_default()))
             }
             Err(err) => {
                 self.remove_objects(keys).await;

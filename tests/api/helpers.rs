@@ -270,3 +270,23 @@ pub async fn assert_error(res: Response, status: StatusCode) -> String {
         .unwrap_or_else(|| panic!("no data.message in {body}"))
         .to_owned()
 }
+
+impl TestApp {
+    /// Stops the server gracefully and waits until it has let go of the storage lock, so another
+    /// process (`chatfiles check --repair`) can take it.
+    pub async fn stop(&self) {
+        self.handle.stop(true).await;
+        // The lock is dropped by the server's task just after it stops, not by `stop` itself.
+        let dir = self.storage_dir();
+        let freed = tokio::task::spawn_blocking(move || {
+            chatfiles::storage::StorageLock::acquire(&dir, std::time::Duration::from_secs(10))
+        })
+        .await
+        .unwrap_or_else(|e| panic!("lock probe: {e}"))
+        .unwrap_or_else(|e| panic!("storage lock: {e}"));
+        assert!(
+            freed.is_some(),
+            "the stopped server still holds the storage lock"
+        );
+    }
+}

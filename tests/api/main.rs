@@ -2,7 +2,11 @@
 
 mod auth;
 mod chats;
+mod check;
 mod downloads;
 mod files;
 mod helpers;
+mod password;
+mod quota;
 mod seed_client;
+mod throttle;
