@@ -90,6 +90,20 @@ impl Storage {
         for dir in [&storage.root, &storage.objects, &storage.tmp] {
             fs::create_dir_all(dir)?;
         }
+        // Every shard exists before the first upload, made durable once here: a commit never
+        // has to create (and fsync) a directory that a concurrent commit may be relying on.
+        let mut created = false;
+        for shard in 0..=255u8 {
+            let dir = storage.objects.join(hex::encode([shard]));
+            if !dir.is_dir() {
+                fs::create_dir(&dir)?;
+                created = true;
+            }
+        }
+        if created {
+            sync_dir(&storage.objects)?;
+            sync_dir(&storage.root)?;
+        }
         Ok(storage)
     }
 
@@ -130,6 +144,7 @@ impl Storage {
         }
         let shard = target.parent().unwrap_or(&self.objects);
         if !shard.exists() {
+            // Only if someone removed it since the start (see `open`).
             fs::create_dir_all(shard)?;
             sync_dir(&self.objects)?;
         }
@@ -321,8 +336,8 @@ mod tests {
         fs::create_dir(&elsewhere)?;
         fs::write(elsewhere.join("precious"), b"keep me")?;
         let objects = dir.path().join("storage").join("objects");
+        fs::remove_dir(objects.join("ab"))?;
         std::os::unix::fs::symlink(&elsewhere, objects.join("ab"))?;
-        fs::create_dir(objects.join("cd"))?;
         std::os::unix::fs::symlink(&elsewhere, objects.join("cd").join("link"))?;
         fs::create_dir(objects.join("not-a-shard"))?;
         let report = storage.sweep(&HashSet::new())?;

@@ -1,0 +1,5 @@
+//! Crash tests: the real binary killed with SIGKILL mid-write, restarted over the same storage.
+
+mod disk_full;
+mod harness;
+mod kills;
