@@ -569,6 +569,15 @@ pub fn update_session(
     Ok(changed == 1)
 }
 
+/// When a live session expires.
+pub fn session_expiry(conn: &Connection, id_hash: &str, now: i64) -> Result<Option<i64>, AppError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT expires_at FROM session WHERE id_hash = ?1 AND expires_at > ?2")?;
+    Ok(stmt
+        .query_row(params![id_hash, now], |r| r.get(0))
+        .optional()?)
+}
+
 /// Extends a live session. Skips the write when the stored expiry is already within
 /// `slack` seconds of the new one, so that a busy client does not write on every request.
 pub fn touch_session(

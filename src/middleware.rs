@@ -284,18 +284,16 @@ fn is_cross_site(req: &ServiceRequest, public_origin: Option<&str>) -> bool {
     let Ok(origin) = origin.to_str() else {
         return true;
     };
-    if public_origin.is_some_and(|own| own.eq_ignore_ascii_case(origin)) {
-        return false;
-    }
-    // Without a configured public URL the request's own Host is the service's authority.
-    let authority = origin
-        .strip_prefix("http://")
-        .or_else(|| origin.strip_prefix("https://"));
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    match (authority, host) {
-        (Some(authority), Some(host)) => !authority.eq_ignore_ascii_case(host),
-        // `Origin: null` (sandboxed frames, some redirects) or no Host: not provably ours.
-        _ => true,
+    match public_origin {
+        Some(own) => !own.eq_ignore_ascii_case(origin),
+        // Without a configured public URL, the origin the request itself was sent to (its
+        // scheme and Host) is the service's own. `Origin: null` (sandboxed frames, some
+        // redirects) never matches.
+        None => {
+            let info = req.connection_info();
+            let own = format!("{}://{}", info.scheme(), info.host());
+            !own.eq_ignore_ascii_case(origin)
+        }
     }
 }
 

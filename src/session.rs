@@ -135,10 +135,22 @@ impl SessionStore for SqliteSessionStore {
         // Rolling expiry to within a minute (or a tenth of a short TTL) is plenty, and spares
         // a database write on nearly every request.
         let slack = (ttl.whole_seconds() / 10).clamp(0, 60);
-        let touched = self
+        // Decided on a read first: even an UPDATE that matches nothing takes SQLite's write
+        // lock, and reads must not queue behind uploads for it.
+        let lookup = hash.clone();
+        let due = self
             .db
-            .write(move |conn| db::touch_session(conn, &hash, expires, now, slack))
-            .await;
+            .run(move |conn| db::session_expiry(conn, &lookup, now))
+            .await
+            .map(|current| current.is_some_and(|at| at < expires - slack));
+        let touched = match due {
+            Ok(true) => {
+                self.db
+                    .write(move |conn| db::touch_session(conn, &hash, expires, now, slack))
+                    .await
+            }
+            other => other.map(|_| ()),
+        };
         // A missed extension only shortens the session a little; failing the request for it
         // (a 500 from the session middleware) would be worse.
         if let Err(err) = touched {

@@ -30,8 +30,10 @@ const MAX_OTHER_PART: usize = 64 * 1024;
 /// so that the client sees the 413 instead of a reset connection.
 const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
 /// Body bytes the multipart parser may take in without handing us anything: it buffers a part's
-/// headers whole, so a part header that never ends would otherwise grow without bound.
-const MAX_UNPRODUCTIVE: usize = 256 * 1024;
+/// headers whole, so a part header that never ends would otherwise grow without bound. Well
+/// above what the HTTP layer buffers for a slow reader (about 200 KiB), so that a busy server
+/// never mistakes a backlog of file data for one.
+const MAX_UNPRODUCTIVE: usize = 1024 * 1024;
 const MAX_NAME_BYTES: usize = 255;
 const MAX_EXTENSION_BYTES: usize = 16;
 const FALLBACK_NAME: &str = "file";
@@ -119,6 +121,80 @@ fn multipart_error(err: MultipartError) -> AppError {
         }
         other => AppError::BadRequest(format!("Malformed multipart body: {other}")),
     }
+}
+
+/// The file name in a part's `Content-Disposition`, read the way clients write it: an RFC 8187
+/// `filename*` first; else `filename`, where browsers (and curl) escape `"`, CR and LF as `%22`,
+/// `%0D`, `%0A` and leave backslashes alone, so a Windows path keeps its separators. (The
+/// framework's parser treats a backslash as an escape and would turn `..\..\x` into `....x`.)
+fn part_filename(headers: &HeaderMap) -> Option<String> {
+    let raw = headers.get(actix_web::http::header::CONTENT_DISPOSITION)?;
+    let raw = String::from_utf8_lossy(raw.as_bytes());
+    let mut rest = &raw[raw.find(';')? + 1..];
+    let (mut plain, mut extended) = (None, None);
+    while let Some(eq) = rest.find('=') {
+        let param = rest[..eq].trim().to_ascii_lowercase();
+        rest = rest[eq + 1..].trim_start();
+        let value = if let Some(quoted) = rest.strip_prefix('"') {
+            let (value, after) = quoted_value(quoted);
+            rest = after;
+            value
+        } else {
+            let end = rest.find(';').unwrap_or(rest.len());
+            let value = rest[..end].trim().to_owned();
+            rest = &rest[end..];
+            value
+        };
+        match param.as_str() {
+            "filename" => plain = Some(value),
+            "filename*" => extended = decode_extended(&value),
+            _ => {}
+        }
+        match rest.find(';') {
+            Some(semicolon) => rest = &rest[semicolon + 1..],
+            None => break,
+        }
+    }
+    extended.or_else(|| {
+        plain.map(|name| {
+            name.replace("%22", "\"")
+                .replace("%0D", "\r")
+                .replace("%0A", "\n")
+        })
+    })
+}
+
+/// A quoted parameter value (after its opening quote) and what follows its closing quote. Only
+/// `\"` is an escape: every other backslash is the file name's own.
+fn quoted_value(quoted: &str) -> (String, &str) {
+    let mut value = String::new();
+    let mut chars = quoted.char_indices().peekable();
+    while let Some((at, c)) = chars.next() {
+        match c {
+            '\\' if chars.peek().is_some_and(|&(_, next)| next == '"') => {
+                value.push('"');
+                chars.next();
+            }
+            '"' => return (value, &quoted[at + 1..]),
+            c => value.push(c),
+        }
+    }
+    (value, "")
+}
+
+/// An RFC 8187 `UTF-8''percent-encoded` value; other charsets are not trusted.
+fn decode_extended(value: &str) -> Option<String> {
+    let mut pieces = value.splitn(3, '\'');
+    let charset = pieces.next()?;
+    let _language = pieces.next()?;
+    let encoded = pieces.next()?;
+    if !charset.eq_ignore_ascii_case("utf-8") {
+        return None;
+    }
+    percent_encoding::percent_decode_str(encoded)
+        .decode_utf8()
+        .ok()
+        .map(|name| name.into_owned())
 }
 
 /// Whether `c` is one of the bidirectional controls that can make `evil.exe` look like `exe.pdf`.
@@ -217,8 +293,7 @@ pub async fn receive_files(
                 err,
                 AppError::PayloadTooLarge(_) | AppError::InsufficientStorage
             ) {
-                reader.progress();
-                drain(&mut multipart).await;
+                drain(&reader, &mut multipart).await;
             }
             Err(err)
         }
@@ -245,11 +320,8 @@ async fn read_parts(
             skip_part(reader, &mut field).await?;
             continue;
         }
-        let raw_name = field
-            .content_disposition()
-            .and_then(|cd| cd.get_filename())
-            .unwrap_or_default();
-        let name = sanitize_name(raw_name);
+        let raw_name = part_filename(field.headers()).unwrap_or_default();
+        let name = sanitize_name(&raw_name);
         let mime = effective_type(field.content_type(), &name);
         let (sha256, size) = receive_part(reader, &mut field, current).await?;
         if let Some(temp) = current.take() {
@@ -339,10 +411,13 @@ async fn write(current: &mut Option<TempObject>, data: bytes::Bytes) -> Result<(
 }
 
 /// Reads and discards what is left of a refused body, up to [`DRAIN_LIMIT`].
-async fn drain(multipart: &mut Multipart) {
+async fn drain(reader: &Reader<'_>, multipart: &mut Multipart) {
     let mut drained = 0;
+    reader.progress();
     while let Some(Ok(mut field)) = multipart.next().await {
+        reader.progress();
         while let Some(Ok(chunk)) = field.next().await {
+            reader.progress();
             drained += chunk.len();
             if drained > DRAIN_LIMIT {
                 return;
@@ -416,6 +491,63 @@ impl AppState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn disposition(value: &str) -> Option<String> {
+        let mut headers = HeaderMap::new();
+        let value = actix_web::http::header::HeaderValue::from_str(value).ok()?;
+        headers.insert(actix_web::http::header::CONTENT_DISPOSITION, value);
+        part_filename(&headers)
+    }
+
+    #[test]
+    fn file_names_are_read_as_clients_write_them() {
+        let read = |v: &str| disposition(v).unwrap_or_else(|| "<none>".into());
+        assert_eq!(read(r#"form-data; name="file"; filename="a.txt""#), "a.txt");
+        assert_eq!(
+            read(r#"form-data; name="file"; filename="..\..\boot.ini""#),
+            "..\\..\\boot.ini"
+        );
+        assert_eq!(
+            read(r#"form-data; name="file"; filename="C:\Users\me\r.pdf""#),
+            "C:\\Users\\me\\r.pdf"
+        );
+        assert_eq!(
+            read(r#"form-data; name="file"; filename="say %22hi%22.txt""#),
+            "say \"hi\".txt"
+        );
+        assert_eq!(
+            read(r#"form-data; name="file"; filename="old \"curl\".txt""#),
+            "old \"curl\".txt"
+        );
+        assert_eq!(
+            read(r#"form-data; filename="x;y=z.txt"; name="file""#),
+            "x;y=z.txt"
+        );
+        assert_eq!(
+            read("form-data; name=file; filename=plain.txt"),
+            "plain.txt"
+        );
+        assert_eq!(
+            read(
+                "form-data; name=\"file\"; filename=\"fallback.txt\"; filename*=UTF-8''na%C3%AFve%20caf%C3%A9.txt"
+            ),
+            "naïve café.txt"
+        );
+        assert_eq!(
+            read("form-data; name=\"file\"; filename=\"kept.txt\"; filename*=ISO-8859-1''x%E9.txt"),
+            "kept.txt"
+        );
+        assert_eq!(
+            read(r#"form-data; name="file"; filename="unterminated"#),
+            "unterminated"
+        );
+        assert_eq!(read(r#"form-data; name="file""#), "<none>");
+        assert_eq!(read("form-data"), "<none>");
+        assert_eq!(
+            sanitize_name(&read(r#"form-data; filename="..\..\boot.ini""#)),
+            "boot.ini"
+        );
+    }
 
     #[test]
     fn names_lose_their_paths() {

@@ -6,6 +6,8 @@ mod check;
 mod downloads;
 mod files;
 mod helpers;
+mod hostile;
+mod load;
 mod password;
 mod quota;
 mod seed_client;
