@@ -7,6 +7,8 @@ CREATE TABLE IF NOT EXISTS neptun_user (
     id            INTEGER PRIMARY KEY AUTOINCREMENT,
     primary_email TEXT    NOT NULL UNIQUE,
     password_hash TEXT    NOT NULL,
+    -- Bumped to end every session of the user at once (a new password); see session.user_epoch.
+    session_epoch INTEGER NOT NULL DEFAULT 0,
     created_at    INTEGER NOT NULL,
     updated_at    INTEGER NOT NULL
 );
@@ -44,6 +46,8 @@ CREATE TABLE IF NOT EXISTS session (
     -- SHA-256 of the opaque id in the cookie: a copy of the database holds no usable session.
     id_hash        TEXT    PRIMARY KEY,
     neptun_user_id INTEGER REFERENCES neptun_user (id) ON DELETE CASCADE,
+    -- The user's session_epoch at login; a session from an older epoch is dead.
+    user_epoch     INTEGER NOT NULL DEFAULT 0,
     state          TEXT    NOT NULL,
     expires_at     INTEGER NOT NULL
 ) WITHOUT ROWID;

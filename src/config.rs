@@ -252,6 +252,14 @@ fn parse_session_ttl(value: &str) -> Result<Duration, String> {
 /// Parses `25MiB`, `512KiB`, `1GiB`, `10MB`, `100B` or plain bytes. Binary units are powers of
 /// 1024, decimal units of 1000.
 pub fn parse_size(value: &str) -> Result<u64, String> {
+    match parse_bytes(value)? {
+        0 => Err("must be at least 1 byte".into()),
+        size => Ok(size),
+    }
+}
+
+/// A size as [`parse_size`] reads it, zero allowed.
+fn parse_bytes(value: &str) -> Result<u64, String> {
     let value = value.trim();
     let split = value
         .find(|c: char| !c.is_ascii_digit())
@@ -273,21 +281,14 @@ pub fn parse_size(value: &str) -> Result<u64, String> {
         "tb" => 1_000_000_000_000,
         other => return Err(format!("unknown unit {other:?} (use B, KiB, MiB, GiB)")),
     };
-    let size = number
+    number
         .checked_mul(multiplier)
-        .ok_or_else(|| "size too large".to_owned())?;
-    if size == 0 {
-        return Err("must be at least 1 byte".into());
-    }
-    Ok(size)
+        .ok_or_else(|| "size too large".to_owned())
 }
 
-/// A size as [`parse_size`] reads it, or `0` for no quota.
+/// A size as [`parse_size`] reads it, or zero (`0`, `0B`, `0GiB`) for no quota.
 fn parse_quota(value: &str) -> Result<u64, String> {
-    if value.trim() == "0" {
-        return Ok(0);
-    }
-    parse_size(value)
+    parse_bytes(value)
 }
 
 /// One trusted proxy: an address (a /32 or /128) or a CIDR range.
@@ -372,6 +373,8 @@ mod tests {
     #[test]
     fn quotas_and_proxies_parse() {
         assert_eq!(parse_quota("0"), Ok(0));
+        assert_eq!(parse_quota("0B"), Ok(0));
+        assert_eq!(parse_quota("0 GiB"), Ok(0));
         assert_eq!(parse_quota("1GiB"), Ok(1 << 30));
         assert!(parse_quota("-1").is_err());
         assert_eq!(

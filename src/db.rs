@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use parking_lot::Mutex;
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior, params};
 use serde::Serialize;
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::clock::rfc3339;
 use crate::error::AppError;
@@ -20,7 +20,15 @@ use crate::error::AppError;
 /// The whole schema; applied at every start.
 pub const SCHEMA: &str = include_str!("../schema.sql");
 /// Bumped, with a migration step in [`migrate`], whenever `schema.sql` changes shape.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// Steps from each older version to the next, applied before `schema.sql` (which then only
+/// adds what is missing). Index `i` takes version `i + 1` to `i + 2`.
+const MIGRATIONS: &[&str] = &[
+    // 1 → 2: session epochs, so that a password change ends sessions saved by racing logins.
+    "ALTER TABLE neptun_user ADD COLUMN session_epoch INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE session ADD COLUMN user_epoch INTEGER NOT NULL DEFAULT 0;",
+];
 
 // synchronous=FULL makes every commit fsync the WAL, so a 201 or 204 survives power loss.
 // busy_timeout lets a writer wait for another instead of failing with SQLITE_BUSY.
@@ -84,19 +92,43 @@ impl Db {
     }
 
     /// Runs `f`, which writes, with a pooled connection on the blocking thread pool, after the
-    /// writes queued before it; 503 when its turn does not come within [`WRITE_WAIT`].
+    /// writes queued before it (first come, first served); 503 when its turn does not come
+    /// within [`WRITE_WAIT`]. The turn is awaited here, not on a blocking thread.
     pub async fn write<T, F>(&self, f: F) -> Result<T, AppError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, AppError> + Send + 'static,
     {
-        let pool = self.pool.clone();
-        let writer = self.writer.clone();
-        actix_web::web::block(move || {
-            let _turn = writer.try_lock_for(WRITE_WAIT).ok_or_else(|| {
+        let turn = tokio::time::timeout(WRITE_WAIT, self.writer.clone().lock_owned())
+            .await
+            .map_err(|_| {
                 tracing::warn!("writes are queued for longer than {WRITE_WAIT:?}");
                 AppError::Unavailable
             })?;
+        self.write_with(turn, f).await
+    }
+
+    /// Like [`Db::write`], but only if no other write is running or queued: `Ok(None)` then.
+    /// For writes that may as well happen on a later request.
+    pub async fn try_write<T, F>(&self, f: F) -> Result<Option<T>, AppError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, AppError> + Send + 'static,
+    {
+        match self.writer.clone().try_lock_owned() {
+            Ok(turn) => self.write_with(turn, f).await.map(Some),
+            Err(_) => Ok(None),
+        }
+    }
+
+    async fn write_with<T, F>(&self, turn: OwnedMutexGuard<()>, f: F) -> Result<T, AppError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, AppError> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        actix_web::web::block(move || {
+            let _turn = turn;
             let mut conn = pool.get()?;
             f(&mut conn)
         })
@@ -118,6 +150,13 @@ pub fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
         );
     }
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    // Version 0 is a new database: schema.sql creates it whole.
+    if version > 0 {
+        for (step, sql) in MIGRATIONS.iter().enumerate().skip((version - 1) as usize) {
+            tx.execute_batch(sql)
+                .with_context(|| format!("cannot migrate the database to version {}", step + 2))?;
+        }
+    }
     tx.execute_batch(SCHEMA)
         .context("cannot apply schema.sql")?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
@@ -164,50 +203,64 @@ pub fn insert_user(
     }
 }
 
-fn user_with_hash(r: &Row<'_>) -> rusqlite::Result<(User, String)> {
-    Ok((
-        User {
+/// What a password check needs to know about a user.
+#[derive(Debug, Clone)]
+pub struct Login {
+    pub user: User,
+    pub password_hash: String,
+    /// Bumped whenever all of the user's sessions must end (a new password): a session made
+    /// under an older epoch is dead, even one saved after the change by a racing login.
+    pub session_epoch: i64,
+}
+
+const LOGIN_COLUMNS: &str = "id, primary_email, password_hash, session_epoch";
+
+fn login_from_row(r: &Row<'_>) -> rusqlite::Result<Login> {
+    Ok(Login {
+        user: User {
             id: r.get(0)?,
             primary_email: r.get(1)?,
         },
-        r.get(2)?,
-    ))
+        password_hash: r.get(2)?,
+        session_epoch: r.get(3)?,
+    })
 }
 
-/// A user and their password hash, by (normalised) email.
-pub fn find_user_by_email(
-    conn: &Connection,
-    email: &str,
-) -> Result<Option<(User, String)>, AppError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, primary_email, password_hash FROM neptun_user WHERE primary_email = ?1",
-    )?;
-    Ok(stmt.query_row([email], user_with_hash).optional()?)
+/// A user's login data, by (normalised) email.
+pub fn find_login_by_email(conn: &Connection, email: &str) -> Result<Option<Login>, AppError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {LOGIN_COLUMNS} FROM neptun_user WHERE primary_email = ?1"
+    ))?;
+    Ok(stmt.query_row([email], login_from_row).optional()?)
 }
 
-/// A user and their password hash, by id.
-pub fn find_user_with_hash(conn: &Connection, id: i64) -> Result<Option<(User, String)>, AppError> {
-    let mut stmt = conn
-        .prepare_cached("SELECT id, primary_email, password_hash FROM neptun_user WHERE id = ?1")?;
-    Ok(stmt.query_row([id], user_with_hash).optional()?)
+/// A user's login data, by id.
+pub fn find_login(conn: &Connection, id: i64) -> Result<Option<Login>, AppError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {LOGIN_COLUMNS} FROM neptun_user WHERE id = ?1"
+    ))?;
+    Ok(stmt.query_row([id], login_from_row).optional()?)
 }
 
-/// Replaces a user's password hash and ends all their sessions, in one transaction; returns
-/// how many sessions ended.
+/// Replaces a user's password hash, moves them to a new session epoch and deletes all their
+/// sessions, in one transaction; returns the new epoch and how many sessions ended.
 pub fn change_password(
     conn: &mut Connection,
     user_id: i64,
     password_hash: &str,
     now: i64,
-) -> Result<usize, AppError> {
+) -> Result<(i64, usize), AppError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    tx.execute(
-        "UPDATE neptun_user SET password_hash = ?2, updated_at = ?3 WHERE id = ?1",
+    let epoch: i64 = tx.query_row(
+        "UPDATE neptun_user SET password_hash = ?2, updated_at = ?3,
+             session_epoch = session_epoch + 1
+         WHERE id = ?1 RETURNING session_epoch",
         params![user_id, password_hash, now],
+        |r| r.get(0),
     )?;
     let ended = tx.execute("DELETE FROM session WHERE neptun_user_id = ?1", [user_id])?;
     tx.commit()?;
-    Ok(ended)
+    Ok((epoch, ended))
 }
 
 pub fn find_user(conn: &Connection, id: i64) -> Result<Option<User>, AppError> {
@@ -524,14 +577,26 @@ pub fn all_object_keys(conn: &Connection) -> Result<HashSet<String>, AppError> {
 
 // ---- sessions ----------------------------------------------------------------------------
 
-/// A live session's serialized state.
+/// Whom a session belongs to, as stored beside its state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionOwner {
+    pub user_id: Option<i64>,
+    /// The user's session epoch when they logged in (see [`Login::session_epoch`]).
+    pub epoch: i64,
+}
+
+/// A live session's serialized state: not expired, and not from before its user's last
+/// session epoch.
 pub fn load_session(
     conn: &Connection,
     id_hash: &str,
     now: i64,
 ) -> Result<Option<String>, AppError> {
-    let mut stmt =
-        conn.prepare_cached("SELECT state FROM session WHERE id_hash = ?1 AND expires_at > ?2")?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT s.state FROM session s LEFT JOIN neptun_user u ON u.id = s.neptun_user_id
+         WHERE s.id_hash = ?1 AND s.expires_at > ?2
+           AND (s.neptun_user_id IS NULL OR u.session_epoch = s.user_epoch)",
+    )?;
     Ok(stmt
         .query_row(params![id_hash, now], |r| r.get(0))
         .optional()?)
@@ -540,14 +605,21 @@ pub fn load_session(
 pub fn insert_session(
     conn: &Connection,
     id_hash: &str,
-    user_id: Option<i64>,
+    owner: SessionOwner,
     state: &str,
     expires_at: i64,
 ) -> Result<(), AppError> {
     conn.prepare_cached(
-        "INSERT INTO session (id_hash, neptun_user_id, state, expires_at) VALUES (?1, ?2, ?3, ?4)",
+        "INSERT INTO session (id_hash, neptun_user_id, user_epoch, state, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
-    .execute(params![id_hash, user_id, state, expires_at])?;
+    .execute(params![
+        id_hash,
+        owner.user_id,
+        owner.epoch,
+        state,
+        expires_at
+    ])?;
     Ok(())
 }
 
@@ -555,17 +627,24 @@ pub fn insert_session(
 pub fn update_session(
     conn: &Connection,
     id_hash: &str,
-    user_id: Option<i64>,
+    owner: SessionOwner,
     state: &str,
     expires_at: i64,
     now: i64,
 ) -> Result<bool, AppError> {
     let changed = conn
         .prepare_cached(
-            "UPDATE session SET neptun_user_id = ?2, state = ?3, expires_at = ?4
-             WHERE id_hash = ?1 AND expires_at > ?5",
+            "UPDATE session SET neptun_user_id = ?2, user_epoch = ?3, state = ?4, expires_at = ?5
+             WHERE id_hash = ?1 AND expires_at > ?6",
         )?
-        .execute(params![id_hash, user_id, state, expires_at, now])?;
+        .execute(params![
+            id_hash,
+            owner.user_id,
+            owner.epoch,
+            state,
+            expires_at,
+            now
+        ])?;
     Ok(changed == 1)
 }
 
@@ -603,4 +682,67 @@ pub fn delete_session(conn: &Connection, id_hash: &str) -> Result<(), AppError> 
 /// Removes expired sessions; returns how many.
 pub fn purge_expired_sessions(conn: &Connection, now: i64) -> Result<usize, AppError> {
     Ok(conn.execute("DELETE FROM session WHERE expires_at <= ?1", [now])?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fresh() -> anyhow::Result<(tempfile::TempDir, Connection)> {
+        let dir = tempfile::tempdir()?;
+        let mut conn = Connection::open(dir.path().join("t.db"))?;
+        conn.execute_batch(CONNECTION_PRAGMAS)?;
+        migrate(&mut conn)?;
+        Ok((dir, conn))
+    }
+
+    #[test]
+    fn a_version_1_database_is_migrated_in_place() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let mut conn = Connection::open(dir.path().join("old.db"))?;
+        conn.execute_batch(include_str!("../tests/data/schema-v1.sql"))?;
+        conn.execute_batch(
+            "PRAGMA user_version = 1;
+             INSERT INTO neptun_user (primary_email, password_hash, created_at, updated_at)
+                 VALUES ('old@example.com', 'h', 1, 1);
+             INSERT INTO session (id_hash, neptun_user_id, state, expires_at)
+                 VALUES ('abc', 1, '{}', 100);",
+        )?;
+        migrate(&mut conn)?;
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        assert_eq!(version, SCHEMA_VERSION);
+        let login = find_login_by_email(&conn, "old@example.com")?;
+        assert_eq!(login.map(|l| l.session_epoch), Some(0));
+        assert_eq!(load_session(&conn, "abc", 50)?, Some("{}".to_owned()));
+        // Migrating again is a no-op.
+        migrate(&mut conn)?;
+        Ok(())
+    }
+
+    #[test]
+    fn a_session_saved_under_an_older_epoch_is_dead() -> anyhow::Result<()> {
+        let (_dir, mut conn) = fresh()?;
+        let user = insert_user(&conn, "a@example.com", "old hash", 1)?
+            .ok_or_else(|| anyhow::anyhow!("not inserted"))?;
+        let before = SessionOwner {
+            user_id: Some(user.id),
+            epoch: 0,
+        };
+        insert_session(&conn, "early", before, "{}", 1000)?;
+        let (epoch, ended) = change_password(&mut conn, user.id, "new hash", 2)?;
+        assert_eq!((epoch, ended), (1, 1));
+        // A login that read epoch 0 before the change, saving its session after it.
+        insert_session(&conn, "racing", before, "{}", 1000)?;
+        assert_eq!(load_session(&conn, "racing", 10)?, None);
+        let after = SessionOwner {
+            user_id: Some(user.id),
+            epoch,
+        };
+        insert_session(&conn, "fresh", after, "{}", 1000)?;
+        assert_eq!(load_session(&conn, "fresh", 10)?, Some("{}".to_owned()));
+        // Anonymous sessions have no epoch to go stale.
+        insert_session(&conn, "anon", SessionOwner::default(), "{}", 1000)?;
+        assert_eq!(load_session(&conn, "anon", 10)?, Some("{}".to_owned()));
+        Ok(())
+    }
 }

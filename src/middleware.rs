@@ -166,15 +166,24 @@ fn oversized(req: &ServiceRequest) -> Option<actix_web::HttpResponse> {
     })
 }
 
-tokio::task_local! {
-    /// Set when something below the handler (the session store) gave up for load, not for a
-    /// bug: the request then ends in 503 with `Retry-After` rather than a 500.
-    static SHED: Cell<bool>;
+/// Why something below the handler (the session store, which can only report a bare error)
+/// gave up, when the reason is not a bug.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shed {
+    /// The database was busy: 503 with `Retry-After`.
+    Busy,
+    /// The disk is full: 507.
+    DiskFull,
 }
 
-/// Marks the current request as shed for load (see [`SHED`]).
-pub fn note_shed() {
-    let _ = SHED.try_with(|shed| shed.set(true));
+tokio::task_local! {
+    static SHED: Cell<Option<Shed>>;
+}
+
+/// Records why the current request is failing below the handler, so that it ends in the
+/// matching answer rather than a 500.
+pub fn note_shed(reason: Shed) {
+    let _ = SHED.try_with(|shed| shed.set(Some(reason)));
 }
 
 pub async fn envelope(
@@ -191,9 +200,9 @@ pub async fn envelope(
     let path: String = req.path().chars().take(LOGGED_PATH_CHARS).collect();
 
     let (result, shed) = match oversized(&req) {
-        Some(refusal) => (Ok(req.into_response(refusal)), false),
+        Some(refusal) => (Ok(req.into_response(refusal)), None),
         None => {
-            SHED.scope(Cell::new(false), async {
+            SHED.scope(Cell::new(None), async {
                 let result = next.call(req).await.map(|r| r.map_into_boxed_body());
                 (result, SHED.with(Cell::get))
             })
@@ -206,9 +215,12 @@ pub async fn envelope(
             // A middleware (the session store) failed before or after the handler. There is no
             // request left to build a ServiceResponse from (cloning it up front would break
             // routing), so hand back an error whose own response is in the contract's shape.
-            let mut response = if shed {
-                tracing::warn!(request_id = %id, %method, %path, error = %err, "request shed in middleware");
-                AppError::Unavailable.error_response()
+            let mut response = if let Some(reason) = shed {
+                tracing::warn!(request_id = %id, %method, %path, error = %err, ?reason, "request shed in middleware");
+                match reason {
+                    Shed::Busy => AppError::Unavailable.error_response(),
+                    Shed::DiskFull => AppError::InsufficientStorage.error_response(),
+                }
             } else {
                 let status = err.as_response_error().status_code();
                 tracing::error!(request_id = %id, %method, %path, status = status.as_u16(), error = %err, "request failed in middleware");

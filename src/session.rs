@@ -17,10 +17,12 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 use crate::clock::Clock;
-use crate::db::{self, Db};
+use crate::db::{self, Db, SessionOwner};
 use crate::error::AppError;
+use crate::middleware::{Shed, note_shed};
 
 const USER_ID: &str = "user_id";
+const EPOCH: &str = "epoch";
 
 /// Keeps actix-session's state in the `session` table.
 #[derive(Clone)]
@@ -50,18 +52,25 @@ fn new_session_key() -> Result<SessionKey, anyhow::Error> {
     SessionKey::try_from(URL_SAFE_NO_PAD.encode(bytes)).map_err(anyhow::Error::from)
 }
 
-fn user_of(state: &HashMap<String, String>) -> Option<i64> {
-    state
-        .get(USER_ID)
-        .and_then(|v| serde_json::from_str(v).ok())
+/// Whom a session's state says it belongs to, for the columns stored beside it.
+fn owner_of(state: &HashMap<String, String>) -> SessionOwner {
+    let field = |name: &str| state.get(name).and_then(|v| serde_json::from_str(v).ok());
+    SessionOwner {
+        user_id: field(USER_ID),
+        epoch: field(EPOCH).unwrap_or_default(),
+    }
 }
 
 fn to_anyhow(err: AppError) -> anyhow::Error {
     match err {
         AppError::Internal(err) => err,
         AppError::Unavailable => {
-            crate::middleware::note_shed();
+            note_shed(Shed::Busy);
             anyhow::anyhow!("database unavailable")
+        }
+        AppError::InsufficientStorage => {
+            note_shed(Shed::DiskFull);
+            anyhow::anyhow!("disk full")
         }
         other => anyhow::anyhow!("{other}"),
     }
@@ -92,10 +101,10 @@ impl SessionStore for SqliteSessionStore {
         let body = serde_json::to_string(&state).map_err(|e| SaveError::Serialization(e.into()))?;
         let key = new_session_key().map_err(SaveError::Other)?;
         let hash = id_hash(&key);
-        let user = user_of(&state);
+        let owner = owner_of(&state);
         let (_, expires) = self.expiry(ttl);
         self.db
-            .write(move |conn| db::insert_session(conn, &hash, user, &body, expires))
+            .write(move |conn| db::insert_session(conn, &hash, owner, &body, expires))
             .await
             .map_err(|e| SaveError::Other(to_anyhow(e)))?;
         Ok(key)
@@ -110,11 +119,11 @@ impl SessionStore for SqliteSessionStore {
         let body =
             serde_json::to_string(&state).map_err(|e| UpdateError::Serialization(e.into()))?;
         let hash = id_hash(&session_key);
-        let user = user_of(&state);
+        let owner = owner_of(&state);
         let (now, expires) = self.expiry(ttl);
         let updated = self
             .db
-            .write(move |conn| db::update_session(conn, &hash, user, &body, expires, now))
+            .write(move |conn| db::update_session(conn, &hash, owner, &body, expires, now))
             .await
             .map_err(|e| UpdateError::Other(to_anyhow(e)))?;
         if !updated {
@@ -143,12 +152,13 @@ impl SessionStore for SqliteSessionStore {
             .run(move |conn| db::session_expiry(conn, &lookup, now))
             .await
             .map(|current| current.is_some_and(|at| at < expires - slack));
+        // Never queued behind uploads: when the database is busy, a later request extends it.
         let touched = match due {
-            Ok(true) => {
-                self.db
-                    .write(move |conn| db::touch_session(conn, &hash, expires, now, slack))
-                    .await
-            }
+            Ok(true) => self
+                .db
+                .try_write(move |conn| db::touch_session(conn, &hash, expires, now, slack))
+                .await
+                .map(|_| ()),
             other => other.map(|_| ()),
         };
         // A missed extension only shortens the session a little; failing the request for it
@@ -168,11 +178,20 @@ impl SessionStore for SqliteSessionStore {
     }
 }
 
-/// Starts a fresh session for `user_id` (a new id, so a pre-login id cannot be fixed on a victim).
-pub fn log_in(session: &Session, user_id: i64) -> Result<(), AppError> {
+/// Starts a fresh session for a user at their current session epoch (a new id, so that a
+/// pre-login id cannot be fixed on a victim).
+pub fn log_in(session: &Session, user_id: i64, epoch: i64) -> Result<(), AppError> {
     session.renew();
+    set_epoch(session, epoch)?;
     session
         .insert(USER_ID, user_id)
+        .map_err(|e| AppError::Internal(anyhow::anyhow!("cannot store session state: {e}")))
+}
+
+/// Moves this session to a new epoch (after a password change ended all the others).
+pub fn set_epoch(session: &Session, epoch: i64) -> Result<(), AppError> {
+    session
+        .insert(EPOCH, epoch)
         .map_err(|e| AppError::Internal(anyhow::anyhow!("cannot store session state: {e}")))
 }
 

@@ -22,6 +22,7 @@ use crate::db::{self, Db};
 use crate::error::AppError;
 use crate::middleware::{envelope, json_error, not_found, query_error, refuse_cross_site};
 use crate::routes;
+use crate::routes::upload::InFlight;
 use crate::secrets::{derive_keys, load_master};
 use crate::session::SqliteSessionStore;
 use crate::signing::UrlSigner;
@@ -58,6 +59,8 @@ pub struct AppState {
     pub login_throttle: LoginThrottle,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// Upload bytes per user not yet stored, counted against the quota.
+    pub uploads_in_flight: Arc<InFlight>,
     /// Argon2 takes ~19 MiB and tens of milliseconds of a core per hash: a flood of logins must
     /// queue, not exhaust memory or starve everything else.
     hashers: Arc<Semaphore>,
@@ -83,6 +86,30 @@ impl AppState {
             f()
         })
         .await?)
+    }
+
+    /// Deletes rows with `f` (which returns the object keys they referenced, or `None` when
+    /// there was nothing to delete), then removes those objects. Runs to the end even if the
+    /// request is dropped halfway (a client reset), so that freed quota never leaves bytes
+    /// behind.
+    pub async fn delete_with_objects<F>(
+        state: &web::Data<Self>,
+        f: F,
+    ) -> Result<Option<()>, AppError>
+    where
+        F: FnOnce(&mut rusqlite::Connection) -> Result<Option<Vec<String>>, AppError>
+            + Send
+            + 'static,
+    {
+        let state = state.clone();
+        to_completion(async move {
+            let Some(keys) = state.db.write(f).await? else {
+                return Ok(None);
+            };
+            state.remove_objects(keys).await;
+            Ok(Some(()))
+        })
+        .await
     }
 
     /// Removes objects whose rows are gone. A failure only leaves an orphan for the next
@@ -112,6 +139,16 @@ impl AppState {
             tracing::warn!(error = %err, "object removal did not run");
         }
     }
+}
+
+/// Runs `work` on its own task and waits for it. Dropping the waiting request (a client that
+/// resets its connection) does not stop it: for sequences that must not end halfway.
+pub async fn to_completion<T: 'static>(
+    work: impl std::future::Future<Output = Result<T, AppError>> + 'static,
+) -> Result<T, AppError> {
+    actix_web::rt::spawn(work)
+        .await
+        .map_err(|e| AppError::Internal(anyhow::anyhow!("a background step failed: {e}")))?
 }
 
 /// A built, bound, not yet running service.
@@ -197,6 +234,7 @@ impl Application {
             signup_open: config.signup == Signup::Open,
             login_throttle: LoginThrottle::default(),
             trusted_proxies: config.trusted_proxies.clone(),
+            uploads_in_flight: Arc::default(),
             hashers: Arc::new(Semaphore::new(workers.max(2))),
         });
         let store = SqliteSessionStore::new(db.clone(), clock.clone());

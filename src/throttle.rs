@@ -14,6 +14,7 @@ use std::net::IpAddr;
 use actix_web::HttpRequest;
 use ipnet::IpNet;
 use parking_lot::Mutex;
+use sha2::{Digest, Sha256};
 
 /// The sliding window, in seconds.
 pub const WINDOW: i64 = 15 * 60;
@@ -27,8 +28,22 @@ pub const PER_ACCOUNT: usize = 50;
 const KNOWN_FOR: i64 = 30 * 24 * 3600;
 /// Addresses remembered per account.
 const KNOWN_PER_ACCOUNT: usize = 8;
-/// Tracked keys before expired ones are pruned.
+/// Tracked keys above which expired ones are pruned (at most once per [`PRUNE_EVERY`]).
 const PRUNE_ABOVE: usize = 100_000;
+/// Tracked keys above which, after pruning, keys with a single failure are dropped too.
+const HARD_CAP: usize = 400_000;
+const PRUNE_EVERY: i64 = 60;
+
+/// An account as the throttle knows it: a digest of the normalised email, so that keys have a
+/// fixed size however long the submitted string.
+type Account = [u8; 16];
+
+fn account_key(email: &str) -> Account {
+    let digest = Sha256::digest(email.as_bytes());
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&digest[..16]);
+    key
+}
 
 /// The most recent failures of one key, at most as many as its limit.
 #[derive(Debug, Default)]
@@ -58,26 +73,44 @@ impl Failures {
             self.0.pop_front();
         }
     }
+
+    /// Takes back one failure recorded at `at` (a reservation that turned out a success).
+    fn withdraw(&mut self, at: i64) {
+        if let Some(index) = self.0.iter().rposition(|&t| t == at) {
+            self.0.remove(index);
+        }
+    }
 }
 
 #[derive(Debug, Default)]
 struct State {
-    by_pair: HashMap<(String, IpAddr), Failures>,
+    by_pair: HashMap<(Account, IpAddr), Failures>,
     by_address: HashMap<IpAddr, Failures>,
-    by_account: HashMap<String, Failures>,
+    by_account: HashMap<Account, Failures>,
     /// Addresses each account last logged in from, with when.
-    known: HashMap<String, Vec<(IpAddr, i64)>>,
+    known: HashMap<Account, Vec<(IpAddr, i64)>>,
+    last_prune: i64,
 }
 
 impl State {
-    fn is_known(&self, account: &str, address: IpAddr, now: i64) -> bool {
+    fn is_known(&self, account: &Account, address: IpAddr, now: i64) -> bool {
         self.known.get(account).is_some_and(|list| {
             list.iter()
                 .any(|&(a, at)| a == address && at > now - KNOWN_FOR)
         })
     }
 
+    fn tracked(&self) -> usize {
+        self.by_pair.len() + self.by_address.len() + self.by_account.len() + self.known.len()
+    }
+
+    /// Keeps the maps bounded: expired keys go first; under a flood of fresh keys, those with a
+    /// single failure go too (they are the cheapest to forget).
     fn prune(&mut self, now: i64) {
+        if self.tracked() <= PRUNE_ABOVE || now - self.last_prune < PRUNE_EVERY {
+            return;
+        }
+        self.last_prune = now;
         let live = |f: &mut Failures| {
             f.expire(now);
             !f.0.is_empty()
@@ -89,6 +122,11 @@ impl State {
             list.retain(|&(_, at)| at > now - KNOWN_FOR);
             !list.is_empty()
         });
+        if self.tracked() > HARD_CAP {
+            self.by_pair.retain(|_, f| f.0.len() > 1);
+            self.by_address.retain(|_, f| f.0.len() > 1);
+            self.by_account.retain(|_, f| f.0.len() > 1);
+        }
     }
 }
 
@@ -98,44 +136,47 @@ pub struct LoginThrottle {
     state: Mutex<State>,
 }
 
+/// A password check under way: counted as a failure from the moment it starts, so that checks
+/// sent in parallel cannot all slip under a limit, and taken back if it succeeds.
+#[derive(Debug)]
+#[must_use = "finish the attempt with its outcome"]
+pub struct Attempt {
+    account: Account,
+    address: IpAddr,
+    at: i64,
+}
+
 impl LoginThrottle {
-    /// `Err(seconds)` when `account` may not try a password from `address` now.
-    pub fn check(&self, account: &str, address: IpAddr, now: i64) -> Result<(), u64> {
+    /// Starts a password check for `email` from `address`, or `Err(seconds)` when it may not
+    /// try now.
+    pub fn begin(&self, email: &str, address: IpAddr, now: i64) -> Result<Attempt, u64> {
+        let account = account_key(email);
         let mut state = self.state.lock();
-        let pair = (account.to_owned(), address);
-        let mut wait = [
-            state
-                .by_pair
-                .get_mut(&pair)
-                .and_then(|f| f.blocked_for(PER_ACCOUNT_AND_ADDRESS, now)),
-            state
+        state.prune(now);
+        let pair = (account, address);
+        let mut wait = state
+            .by_pair
+            .get_mut(&pair)
+            .and_then(|f| f.blocked_for(PER_ACCOUNT_AND_ADDRESS, now));
+        // Where the owner has logged in before, only the pair limit applies: neither a crowd
+        // behind the same NAT nor a distributed attack on the account locks them out there.
+        if !state.is_known(&account, address, now) {
+            let by_address = state
                 .by_address
                 .get_mut(&address)
-                .and_then(|f| f.blocked_for(PER_ADDRESS, now)),
-        ]
-        .into_iter()
-        .flatten()
-        .max();
-        if !state.is_known(account, address, now) {
-            let account_wait = state
+                .and_then(|f| f.blocked_for(PER_ADDRESS, now));
+            let by_account = state
                 .by_account
-                .get_mut(account)
+                .get_mut(&account)
                 .and_then(|f| f.blocked_for(PER_ACCOUNT, now));
-            wait = wait.max(account_wait);
+            wait = wait.max(by_address).max(by_account);
         }
-        wait.map_or(Ok(()), Err)
-    }
-
-    /// Counts a wrong password for `account` from `address`.
-    pub fn failed(&self, account: &str, address: IpAddr, now: i64) {
-        let mut state = self.state.lock();
-        let tracked = state.by_pair.len() + state.by_address.len() + state.by_account.len();
-        if tracked > PRUNE_ABOVE {
-            state.prune(now);
+        if let Some(wait) = wait {
+            return Err(wait);
         }
         state
             .by_pair
-            .entry((account.to_owned(), address))
+            .entry(pair)
             .or_default()
             .record(PER_ACCOUNT_AND_ADDRESS, now);
         state
@@ -145,24 +186,56 @@ impl LoginThrottle {
             .record(PER_ADDRESS, now);
         state
             .by_account
-            .entry(account.to_owned())
+            .entry(account)
             .or_default()
             .record(PER_ACCOUNT, now);
+        Ok(Attempt {
+            account,
+            address,
+            at: now,
+        })
     }
 
-    /// A correct password: the pair starts over, and the address is known to the account.
-    /// The address's own count stays, so that one valid account cannot launder guesses at
-    /// others.
-    pub fn succeeded(&self, account: &str, address: IpAddr, now: i64) {
+    /// Ends a check. A wrong password stays counted. A right one is taken back, the pair
+    /// starts over, and the address becomes known to the account.
+    pub fn finish(&self, attempt: Attempt, succeeded: bool, now: i64) {
+        if !succeeded {
+            return;
+        }
+        let Attempt {
+            account,
+            address,
+            at,
+        } = attempt;
         let mut state = self.state.lock();
-        state.by_pair.remove(&(account.to_owned(), address));
-        let list = state.known.entry(account.to_owned()).or_default();
+        state.by_pair.remove(&(account, address));
+        if let Some(failures) = state.by_address.get_mut(&address) {
+            failures.withdraw(at);
+        }
+        if let Some(failures) = state.by_account.get_mut(&account) {
+            failures.withdraw(at);
+        }
+        let list = state.known.entry(account).or_default();
         list.retain(|&(a, _)| a != address);
         list.push((address, now));
         if list.len() > KNOWN_PER_ACCOUNT {
             list.remove(0);
         }
     }
+}
+
+/// One `X-Forwarded-For` hop: an address, perhaps with a port or in brackets, as proxies write
+/// them (`203.0.113.5`, `203.0.113.5:4711`, `[2001:db8::1]`, `[2001:db8::1]:443`).
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    let hop = hop.trim();
+    hop.parse::<IpAddr>()
+        .ok()
+        .or_else(|| hop.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
+        .or_else(|| {
+            hop.strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .and_then(|h| h.parse().ok())
+        })
 }
 
 /// The address throttling counts a request under: the peer, or, when the peer is a trusted
@@ -182,8 +255,8 @@ pub fn client_address(req: &HttpRequest, trusted_proxies: &[IpNet]) -> IpAddr {
             .flat_map(|v| v.split(','))
             .collect();
         for hop in hops.iter().rev() {
-            match hop.trim().parse::<IpAddr>() {
-                Ok(ip) => {
+            match parse_hop(hop) {
+                Some(ip) => {
                     client = ip.to_canonical();
                     if !trusted(&client) {
                         break;
@@ -191,7 +264,7 @@ pub fn client_address(req: &HttpRequest, trusted_proxies: &[IpNet]) -> IpAddr {
                 }
                 // A hop we cannot read was written by someone we do not trust: stop at the
                 // last address we could vouch for.
-                Err(_) => break,
+                None => break,
             }
         }
     }
@@ -216,19 +289,58 @@ mod tests {
         s.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))
     }
 
+    /// A whole password check that fails.
+    fn fail(throttle: &LoginThrottle, email: &str, address: IpAddr, now: i64) {
+        if let Ok(attempt) = throttle.begin(email, address, now) {
+            throttle.finish(attempt, false, now);
+        }
+    }
+
+    fn succeed(throttle: &LoginThrottle, email: &str, address: IpAddr, now: i64) -> bool {
+        throttle
+            .begin(email, address, now)
+            .map(|attempt| throttle.finish(attempt, true, now))
+            .is_ok()
+    }
+
+    fn wait(throttle: &LoginThrottle, email: &str, address: IpAddr, now: i64) -> Option<u64> {
+        throttle.begin(email, address, now).err()
+    }
+
     #[test]
     fn an_account_is_throttled_at_one_address_only() {
         let throttle = LoginThrottle::default();
         let attacker = ip("203.0.113.9");
         for _ in 0..PER_ACCOUNT_AND_ADDRESS {
-            assert_eq!(throttle.check(A, attacker, 1000), Ok(()));
-            throttle.failed(A, attacker, 1000);
+            fail(&throttle, A, attacker, 1000);
         }
-        assert_eq!(throttle.check(A, attacker, 1000), Err(WINDOW as u64));
-        assert_eq!(throttle.check(A, attacker, 1100), Err(WINDOW as u64 - 100));
-        assert_eq!(throttle.check(A, ip("198.51.100.7"), 1000), Ok(()));
-        assert_eq!(throttle.check("bob@example.com", attacker, 1000), Ok(()));
-        assert_eq!(throttle.check(A, attacker, 1000 + WINDOW), Ok(()));
+        assert_eq!(wait(&throttle, A, attacker, 1000), Some(WINDOW as u64));
+        assert_eq!(
+            wait(&throttle, A, attacker, 1100),
+            Some(WINDOW as u64 - 100)
+        );
+        assert!(succeed(&throttle, A, ip("198.51.100.7"), 1000));
+        assert_eq!(wait(&throttle, "bob@example.com", attacker, 1000), None);
+        assert_eq!(wait(&throttle, A, attacker, 1000 + WINDOW), None);
+    }
+
+    #[test]
+    fn checks_in_parallel_count_before_they_finish() {
+        let throttle = LoginThrottle::default();
+        let attacker = ip("203.0.113.9");
+        let started: Vec<Attempt> = (0..10)
+            .filter_map(|_| throttle.begin(A, attacker, 5).ok())
+            .collect();
+        assert_eq!(started.len(), PER_ACCOUNT_AND_ADDRESS);
+        // One of them was right after all: it is taken back, and the pair starts over.
+        let mut started = started.into_iter();
+        if let Some(first) = started.next() {
+            throttle.finish(first, true, 6);
+        }
+        for attempt in started {
+            throttle.finish(attempt, false, 6);
+        }
+        assert_eq!(wait(&throttle, A, attacker, 7), None);
     }
 
     #[test]
@@ -236,50 +348,78 @@ mod tests {
         let throttle = LoginThrottle::default();
         let attacker = ip("203.0.113.9");
         for i in 0..PER_ADDRESS {
-            throttle.failed(&format!("user{i}@example.com"), attacker, 50 + i as i64);
+            fail(
+                &throttle,
+                &format!("user{i}@example.com"),
+                attacker,
+                50 + i as i64,
+            );
         }
         assert_eq!(
-            throttle.check("new@example.com", attacker, 100),
-            Err(WINDOW as u64 - 50)
+            wait(&throttle, "new@example.com", attacker, 100),
+            Some(WINDOW as u64 - 50)
         );
         assert_eq!(
-            throttle.check("new@example.com", ip("203.0.113.10"), 100),
-            Ok(())
+            wait(&throttle, "new@example.com", ip("203.0.113.10"), 100),
+            None
         );
         // The window slides: the oldest failure ages out first.
         assert_eq!(
-            throttle.check("new@example.com", attacker, 50 + WINDOW),
-            Ok(())
+            wait(&throttle, "new@example.com", attacker, 50 + WINDOW),
+            None
         );
     }
 
     #[test]
-    fn a_spread_out_attack_spares_addresses_the_owner_used() {
+    fn known_addresses_are_spared_the_address_and_account_limits() {
         let throttle = LoginThrottle::default();
         let home = ip("192.0.2.1");
-        throttle.succeeded(A, home, 0);
+        assert!(succeed(&throttle, A, home, 0));
+        // A spread-out attack on the account...
         for i in 0..PER_ACCOUNT {
             let bot = IpAddr::from([10, 0, (i / 250) as u8, (i % 250) as u8]);
-            throttle.failed(A, bot, 10);
+            fail(&throttle, A, bot, 10);
         }
-        assert!(throttle.check(A, ip("198.51.100.1"), 20).is_err());
-        assert_eq!(throttle.check(A, home, 20), Ok(()));
+        assert!(wait(&throttle, A, ip("198.51.100.1"), 20).is_some());
+        assert_eq!(wait(&throttle, A, home, 20), None);
+        // ...and a neighbour behind the same NAT guessing at other accounts.
+        for i in 0..PER_ADDRESS {
+            fail(&throttle, &format!("u{i}@example.com"), home, 30);
+        }
+        assert!(wait(&throttle, "other@example.com", home, 31).is_some());
+        assert_eq!(wait(&throttle, A, home, 31), None);
     }
 
     #[test]
     fn success_resets_the_pair_but_not_the_address() {
         let throttle = LoginThrottle::default();
         let at = ip("192.0.2.1");
-        for _ in 0..PER_ACCOUNT_AND_ADDRESS {
-            throttle.failed(A, at, 0);
+        for _ in 0..PER_ACCOUNT_AND_ADDRESS - 1 {
+            fail(&throttle, A, at, 0);
         }
-        throttle.succeeded(A, at, 1);
-        assert_eq!(throttle.check(A, at, 2), Ok(()));
+        assert!(succeed(&throttle, A, at, 1));
+        for _ in 0..PER_ACCOUNT_AND_ADDRESS - 1 {
+            fail(&throttle, A, at, 2);
+        }
+        assert_eq!(wait(&throttle, A, at, 2), None);
         for i in 0..PER_ADDRESS {
-            throttle.failed(&format!("u{i}@example.com"), at, 3);
+            fail(&throttle, &format!("u{i}@example.com"), at, 3);
         }
-        throttle.succeeded(A, at, 4);
-        assert!(throttle.check(A, at, 5).is_err());
+        assert!(wait(&throttle, "stranger@example.com", at, 5).is_some());
+    }
+
+    #[test]
+    fn a_flood_of_fresh_keys_stays_bounded() {
+        let throttle = LoginThrottle::default();
+        let mut now = 0;
+        for i in 0..(HARD_CAP as u32) {
+            let address = IpAddr::from(i.to_be_bytes());
+            fail(&throttle, &format!("{i}@example.com"), address, now);
+            if i % 50_000 == 0 {
+                now += PRUNE_EVERY;
+            }
+        }
+        assert!(throttle.state.lock().tracked() <= HARD_CAP + 3 * 50_000 + 3);
     }
 
     #[test]
@@ -300,6 +440,14 @@ mod tests {
             ip("10.0.0.2")
         );
         assert_eq!(client_address(&forwarded("10.0.0.1"), &[]), ip("10.0.0.1"));
+        let with_port = TestRequest::default()
+            .peer_addr(std::net::SocketAddr::new(ip("10.0.0.1"), 4000))
+            .insert_header(("x-forwarded-for", "203.0.113.6:5678"))
+            .to_http_request();
+        assert_eq!(client_address(&with_port, &proxies), ip("203.0.113.6"));
+        assert_eq!(parse_hop("[2001:db8::1]"), Some(ip("2001:db8::1")));
+        assert_eq!(parse_hop(" [2001:db8::1]:443 "), Some(ip("2001:db8::1")));
+        assert_eq!(parse_hop("unknown"), None);
         let v6 = TestRequest::default()
             .peer_addr(
                 "[2001:db8:1:2:3:4:5:6]:443"

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::clock::rfc3339;
-use crate::db::{self, User};
+use crate::db::{self, Login};
 use crate::error::AppError;
 use crate::routes::method_not_allowed;
 use crate::session::{self, AuthUser};
@@ -189,7 +189,7 @@ async fn sign_up(
         .write(move |conn| db::insert_user(conn, &email, &hash, now))
         .await?
         .ok_or_else(|| AppError::Conflict("Email is already taken".into()))?;
-    session::log_in(&session, user.id)?;
+    session::log_in(&session, user.id, 0)?;
     Ok(HttpResponse::Created().json(json!({ "user": user })))
 }
 
@@ -199,22 +199,21 @@ async fn verify_throttled(
     state: &AppState,
     req: &HttpRequest,
     account: &str,
-    found: Option<(User, String)>,
+    found: Option<Login>,
     password: String,
-) -> Result<Option<User>, AppError> {
+) -> Result<Option<Login>, AppError> {
     let address = client_address(req, &state.trusted_proxies);
-    let now = state.clock.unix();
-    state
+    let attempt = state
         .login_throttle
-        .check(account, address, now)
+        .begin(account, address, state.clock.unix())
         .map_err(|retry_after| AppError::TooManyRequests {
             message: THROTTLED,
             retry_after,
         })?;
     let user = state
         .hashing(move || match found {
-            Some((user, hash)) if password.len() <= MAX_PASSWORD_BYTES => {
-                verify_password(&password, &hash).then_some(user)
+            Some(login) if password.len() <= MAX_PASSWORD_BYTES => {
+                verify_password(&password, &login.password_hash).then_some(login)
             }
             _ => {
                 verify_password(&password, &DUMMY_HASH);
@@ -222,13 +221,11 @@ async fn verify_throttled(
             }
         })
         .await?;
-    let now = state.clock.unix();
-    match &user {
-        Some(_) => state.login_throttle.succeeded(account, address, now),
-        None => {
-            state.login_throttle.failed(account, address, now);
-            tracing::info!(%address, "failed password check");
-        }
+    state
+        .login_throttle
+        .finish(attempt, user.is_some(), state.clock.unix());
+    if user.is_none() {
+        tracing::info!(%address, "failed password check");
     }
     Ok(user)
 }
@@ -244,12 +241,16 @@ async fn log_in(
     let lookup = email.clone();
     let found = state
         .db
-        .run(move |conn| db::find_user_by_email(conn, &lookup))
+        .run(move |conn| db::find_login_by_email(conn, &lookup))
         .await?;
-    let user = verify_throttled(&state, &req, &email, found, password)
+    let Login {
+        user,
+        session_epoch,
+        ..
+    } = verify_throttled(&state, &req, &email, found, password)
         .await?
         .ok_or(AppError::Unauthorized("Invalid email or password"))?;
-    session::log_in(&session, user.id)?;
+    session::log_in(&session, user.id, session_epoch)?;
     Ok(HttpResponse::Ok().json(json!({
         "user": user,
         "loggedInAt": rfc3339(state.clock.unix()),
@@ -273,16 +274,16 @@ async fn change_password(
     check_new_password(&password, &confirm_password)?;
     let found = state
         .db
-        .run(move |conn| db::find_user_with_hash(conn, user.id))
+        .run(move |conn| db::find_login(conn, user.id))
         .await?
         .ok_or(AppError::Unauthorized("Unauthorized"))?;
-    let account = found.0.primary_email.clone();
+    let account = found.user.primary_email.clone();
     verify_throttled(&state, &req, &account, Some(found), current_password)
         .await?
         .ok_or_else(|| AppError::Forbidden("Current password is incorrect".into()))?;
     let hash = state.hashing(move || hash_password(&password)).await??;
     let now = state.clock.unix();
-    let ended = state
+    let (epoch, ended) = state
         .db
         .write(move |conn| db::change_password(conn, user.id, &hash, now))
         .await?;
@@ -291,8 +292,10 @@ async fn change_password(
         sessions_ended = ended,
         "password changed"
     );
-    // The row behind this session is gone too; renewing saves its state under a fresh id.
+    // The row behind this session is gone too; renewing saves its state, at the new epoch,
+    // under a fresh id.
     session.renew();
+    session::set_epoch(&session, epoch)?;
     Ok(HttpResponse::NoContent().finish())
 }
 

@@ -77,11 +77,10 @@ async fn create_chat(
 }
 
 async fn delete_chat(state: web::Data<AppState>, path: ChatPath) -> Result<HttpResponse, AppError> {
-    let keys = state
-        .db
-        .write(move |conn| db::delete_chat(conn, path.user_id, path.chat_id))
-        .await?
-        .ok_or(AppError::NotFound("Chat not found"))?;
-    state.remove_objects(keys).await;
+    AppState::delete_with_objects(&state, move |conn| {
+        db::delete_chat(conn, path.user_id, path.chat_id)
+    })
+    .await?
+    .ok_or(AppError::NotFound("Chat not found"))?;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -79,15 +79,20 @@ async fn upload_chat_files(
         quota: quota.map(|quota| (quota, used)),
     };
     if let Some((quota, used)) = limits.quota {
-        // Nothing fits: say so before reading a byte of the body.
+        // A full quota takes no more files (not even empty ones): say so before reading a
+        // byte of the body.
         if used >= quota {
             return Err(Limits::quota_exceeded(quota));
         }
     }
-    let received = receive_files(&state, upload::multipart(req.headers(), payload), limits).await?;
-    let rows = state
-        .store_uploads(path.user_id, path.chat_id, received, limits)
-        .await?;
+    let received = receive_files(
+        &state,
+        path.user_id,
+        upload::multipart(req.headers(), payload),
+        limits,
+    )
+    .await?;
+    let rows = upload::store_uploads(&state, path.user_id, path.chat_id, received, limits).await?;
     let expires = state.url_expiry();
     let files: Vec<_> = rows
         .into_iter()
@@ -136,13 +141,13 @@ async fn delete_chat_file(
     path: FilePath,
 ) -> Result<HttpResponse, AppError> {
     let now = state.clock.unix();
-    let key = state
-        .db
-        .write(move |conn| db::delete_file(conn, path.user_id, path.chat_id, path.file_id, now))
-        .await?;
-    let Some(key) = key else {
+    let deleted = AppState::delete_with_objects(&state, move |conn| {
+        let key = db::delete_file(conn, path.user_id, path.chat_id, path.file_id, now)?;
+        Ok(key.map(|key| vec![key]))
+    })
+    .await?;
+    if deleted.is_none() {
         return Err(not_found(&state, path).await);
-    };
-    state.remove_objects(vec![key]).await;
+    }
     Ok(HttpResponse::NoContent().finish())
 }

@@ -4,7 +4,7 @@ pub mod auth;
 pub mod chats;
 pub mod downloads;
 pub mod files;
-mod upload;
+pub mod upload;
 
 use std::future::{Ready, ready};
 

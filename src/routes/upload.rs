@@ -1,6 +1,7 @@
 //! Receiving uploads: each `file` part is streamed to a temp file while hashed and counted,
 //! then all of a request's files are committed together, or none.
 
+use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use mime::Mime;
 
 use crate::db::{self, FileRow, Inserted, NewFile};
 use crate::error::AppError;
-use crate::startup::AppState;
+use crate::startup::{AppState, to_completion};
 use crate::storage::{self, TempObject};
 
 /// Bytes gathered before one trip to the blocking pool to write them.
@@ -60,6 +61,59 @@ impl Limits {
         AppError::PayloadTooLarge(format!(
             "Upload exceeds your storage quota of {quota} bytes"
         ))
+    }
+}
+
+/// Bytes each user is uploading right now, not yet stored. They count against the quota as
+/// they arrive, so that uploads sent in parallel cannot each stream the whole remaining quota
+/// into temp files.
+#[derive(Debug, Default)]
+pub struct InFlight(parking_lot::Mutex<HashMap<i64, u64>>);
+
+impl InFlight {
+    /// Adds `bytes` to the user's uploads in flight if they all still fit in `room`.
+    fn reserve(&self, user_id: i64, bytes: u64, room: u64) -> bool {
+        let mut map = self.0.lock();
+        let current = map.entry(user_id).or_default();
+        if current.saturating_add(bytes) > room {
+            return false;
+        }
+        *current += bytes;
+        true
+    }
+
+    fn release(&self, user_id: i64, bytes: u64) {
+        let mut map = self.0.lock();
+        if let Some(current) = map.get_mut(&user_id) {
+            *current = current.saturating_sub(bytes);
+            if *current == 0 {
+                map.remove(&user_id);
+            }
+        }
+    }
+}
+
+/// One request's share of [`InFlight`], given back when dropped (stored, refused or abandoned).
+#[derive(Debug)]
+pub struct QuotaHold {
+    ledger: Arc<InFlight>,
+    user_id: i64,
+    bytes: u64,
+}
+
+impl QuotaHold {
+    fn grow(&mut self, bytes: u64, room: u64) -> bool {
+        let fits = self.ledger.reserve(self.user_id, bytes, room);
+        if fits {
+            self.bytes += bytes;
+        }
+        fits
+    }
+}
+
+impl Drop for QuotaHold {
+    fn drop(&mut self) {
+        self.ledger.release(self.user_id, self.bytes);
     }
 }
 
@@ -254,8 +308,8 @@ struct Reader<'a> {
     state: &'a AppState,
     limits: Limits,
     unproductive: Arc<AtomicUsize>,
-    /// File bytes of this request so far, for the quota.
-    total: u64,
+    /// This request's file bytes so far, counted against the quota (when there is one).
+    hold: Option<QuotaHold>,
 }
 
 impl Reader<'_> {
@@ -266,25 +320,31 @@ impl Reader<'_> {
 }
 
 /// Reads every part of the request. On any failure nothing it wrote stays behind.
+/// The files come back with the request's hold on the quota, to keep until they are stored.
 pub async fn receive_files(
     state: &AppState,
+    user_id: i64,
     (mut multipart, unproductive): (Multipart, Arc<AtomicUsize>),
     limits: Limits,
-) -> Result<Vec<Received>, AppError> {
+) -> Result<(Vec<Received>, Option<QuotaHold>), AppError> {
     let mut received = Vec::new();
     let mut current = None;
     let mut reader = Reader {
         state,
         limits,
         unproductive,
-        total: 0,
+        hold: limits.quota.map(|_| QuotaHold {
+            ledger: state.uploads_in_flight.clone(),
+            user_id,
+            bytes: 0,
+        }),
     };
     let result = read_parts(&mut reader, &mut multipart, &mut received, &mut current).await;
     match result {
         Ok(()) if received.is_empty() => Err(AppError::BadRequest(
             "The request has no part named \"file\"".into(),
         )),
-        Ok(()) => Ok(received),
+        Ok(()) => Ok((received, reader.hold.take())),
         Err(err) => {
             // Deleting temp files is blocking work: do it off the async worker.
             let _ = web::block(move || drop((received, current))).await;
@@ -370,9 +430,8 @@ async fn receive_part(
                 "File exceeds the maximum size of {limit} bytes"
             )));
         }
-        reader.total += chunk.len() as u64;
-        if let Some((quota, used)) = reader.limits.quota
-            && used.saturating_add(reader.total) > quota
+        if let (Some((quota, used)), Some(hold)) = (reader.limits.quota, reader.hold.as_mut())
+            && !hold.grow(chunk.len() as u64, quota.saturating_sub(used))
         {
             return Err(Limits::quota_exceeded(quota));
         }
@@ -426,18 +485,22 @@ async fn drain(reader: &Reader<'_>, multipart: &mut Multipart) {
     }
 }
 
-impl AppState {
-    /// Commits received files: bytes renamed into place (durably), then every row in one
-    /// transaction. If the rows cannot be written (or the chat vanished meanwhile) the bytes
-    /// are removed again; a crash in between leaves orphans that the next start sweeps.
-    pub async fn store_uploads(
-        &self,
-        user_id: i64,
-        chat_id: i64,
-        received: Vec<Received>,
-        limits: Limits,
-    ) -> Result<Vec<FileRow>, AppError> {
-        let storage = self.storage.clone();
+/// Commits received files: bytes renamed into place (durably), then every row in one
+/// transaction. If the rows cannot be written (or the chat vanished meanwhile) the bytes are
+/// removed again, even if the request is dropped meanwhile; a crash in between leaves orphans
+/// that the next start sweeps.
+pub async fn store_uploads(
+    state: &web::Data<AppState>,
+    user_id: i64,
+    chat_id: i64,
+    (received, hold): (Vec<Received>, Option<QuotaHold>),
+    limits: Limits,
+) -> Result<Vec<FileRow>, AppError> {
+    let state = state.clone();
+    to_completion(async move {
+        // Held until the rows are in (or the bytes gone again).
+        let _hold = hold;
+        let storage = state.storage.clone();
         let files = web::block(move || -> Result<Vec<NewFile>, AppError> {
             let mut files: Vec<NewFile> = Vec::with_capacity(received.len());
             let mut pending = received.into_iter();
@@ -464,28 +527,29 @@ impl AppState {
         #[cfg(feature = "failpoints")]
         web::block(|| fail::fail_point!("upload-after-commit")).await?;
         let keys: Vec<String> = files.iter().map(|f| f.object_key.clone()).collect();
-        let now = self.clock.unix();
+        let now = state.clock.unix();
         let quota = limits.quota.map(|(quota, _)| quota);
-        let inserted = self
+        let inserted = state
             .db
             .write(move |conn| db::insert_files(conn, user_id, chat_id, &files, now, quota))
             .await;
         match inserted {
             Ok(Inserted::Rows(rows)) => Ok(rows),
             Ok(Inserted::NoChat) => {
-                self.remove_objects(keys).await;
+                state.remove_objects(keys).await;
                 Err(AppError::NotFound("Chat not found"))
             }
             Ok(Inserted::OverQuota) => {
-                self.remove_objects(keys).await;
+                state.remove_objects(keys).await;
                 Err(Limits::quota_exceeded(quota.unwrap_or_default()))
             }
             Err(err) => {
-                self.remove_objects(keys).await;
+                state.remove_objects(keys).await;
                 Err(err)
             }
         }
-    }
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -174,3 +174,87 @@ async fn a_quota_of_zero_means_no_quota() {
             .await;
     }
 }
+
+#[tokio::test]
+async fn bytes_still_streaming_in_count_against_the_quota() {
+    const KIB: usize = 1024;
+    let app = app_with_quota(1024 * 1024).await;
+    let user = app.user().await;
+    let chat = app.chat(&user, "in flight").await;
+
+    // Upload A sends 300 KiB of its 400 KiB and stalls.
+    let boundary = "in-flight-boundary";
+    let head = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.bin\"\r\n\
+         Content-Type: application/octet-stream\r\n\r\n"
+    );
+    let tail = format!("\r\n--{boundary}--\r\n");
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let body = futures_util::stream::unfold(receiver, |mut receiver| async move {
+        receiver
+            .recv()
+            .await
+            .map(|chunk| (Ok::<_, std::io::Error>(chunk), receiver))
+    });
+    let request = user
+        .client
+        .post(app.url(&format!("/api/users/{}/chats/{chat}/files", user.id)))
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(reqwest::Body::wrap_stream(body))
+        .send();
+    let upload_a = tokio::spawn(request);
+    let mut first = head.into_bytes();
+    first.extend(vec![1u8; 300 * KIB]);
+    sender
+        .send(first)
+        .await
+        .unwrap_or_else(|e| panic!("send: {e}"));
+
+    // Once the server has written A's first batch to its temp file, A holds those bytes.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let written: u64 = app
+            .stored_files()
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "part"))
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum();
+        if written >= 256 * KIB as u64 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A never reached the disk"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+
+    // B would fit the quota on its own, but not beside A's 300 KiB in flight.
+    let b = vec![2u8; 800 * KIB];
+    let res = app
+        .upload(&user, chat, &[("b.bin", "application/octet-stream", &b)])
+        .await;
+    assert_error(res, StatusCode::PAYLOAD_TOO_LARGE).await;
+
+    let mut rest = vec![1u8; 100 * KIB];
+    rest.extend(tail.into_bytes());
+    sender
+        .send(rest)
+        .await
+        .unwrap_or_else(|e| panic!("send: {e}"));
+    drop(sender);
+    let res = upload_a
+        .await
+        .unwrap_or_else(|e| panic!("upload A: {e}"))
+        .unwrap_or_else(|e| panic!("upload A: {e}"));
+    assert_eq!(res.status(), StatusCode::CREATED);
+
+    // A is stored (400 KiB) and holds nothing in flight any more: 600 KiB fits.
+    let c = vec![3u8; 600 * KIB];
+    app.upload_ok(&user, chat, &[("c.bin", "application/octet-stream", &c)])
+        .await;
+}

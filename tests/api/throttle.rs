@@ -170,3 +170,34 @@ async fn wrong_current_passwords_on_a_password_change_are_throttled_too() {
         .unwrap_or_else(|e| panic!("change: {e}"));
     assert_throttled(res).await;
 }
+
+#[tokio::test]
+async fn guesses_sent_in_parallel_cannot_slip_past_the_limit() {
+    let app = TestApp::spawn().await;
+    let owner = app.user().await;
+    let attacker = client_at(7);
+    let guesses = (0..12).map(|i| {
+        let attacker = attacker.clone();
+        let url = app.url("/api/auth/login");
+        let email = owner.email.clone();
+        async move {
+            attacker
+                .post(url)
+                .json(&json!({"email": email, "password": format!("guess number {i}")}))
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("login: {e}"))
+                .status()
+        }
+    });
+    let statuses = futures_util::future::join_all(guesses).await;
+    let checked = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::UNAUTHORIZED)
+        .count();
+    let throttled = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert_eq!((checked, throttled), (5, 7), "{statuses:?}");
+}

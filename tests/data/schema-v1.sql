@@ -1,0 +1,52 @@
+-- chatfiles schema, applied at every start; every statement is idempotent.
+-- The version lives in PRAGMA user_version (set by the code after this script); later changes
+-- are added as numbered migrations in src/db.rs.
+-- Timestamps are Unix seconds (UTC); the API formats them as RFC 3339.
+
+CREATE TABLE IF NOT EXISTS neptun_user (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    primary_email TEXT    NOT NULL UNIQUE,
+    password_hash TEXT    NOT NULL,
+    created_at    INTEGER NOT NULL,
+    updated_at    INTEGER NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS chat_conversation (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    neptun_user_id INTEGER NOT NULL REFERENCES neptun_user (id) ON DELETE CASCADE,
+    name           TEXT    NOT NULL,
+    model          TEXT    NOT NULL DEFAULT 'default',
+    created_at     INTEGER NOT NULL,
+    updated_at     INTEGER NOT NULL
+);
+
+-- GET /api/users/{id}/chats: newest first, ties by id.
+CREATE INDEX IF NOT EXISTS chat_conversation_by_user
+    ON chat_conversation (neptun_user_id, updated_at DESC, id DESC);
+
+CREATE TABLE IF NOT EXISTS chat_conversation_file (
+    id                   INTEGER PRIMARY KEY AUTOINCREMENT,
+    chat_conversation_id INTEGER NOT NULL REFERENCES chat_conversation (id) ON DELETE CASCADE,
+    -- Random name of the stored object under <storage>/objects; never the user's file name.
+    object_key           TEXT    NOT NULL UNIQUE,
+    name                 TEXT    NOT NULL,
+    size                 INTEGER NOT NULL CHECK (size >= 0),
+    type                 TEXT    NOT NULL,
+    sha256               TEXT    NOT NULL,
+    created_at           INTEGER NOT NULL
+);
+
+-- The seed endpoint: a chat's files in upload order.
+CREATE INDEX IF NOT EXISTS chat_conversation_file_by_chat
+    ON chat_conversation_file (chat_conversation_id, created_at, id);
+
+CREATE TABLE IF NOT EXISTS session (
+    -- SHA-256 of the opaque id in the cookie: a copy of the database holds no usable session.
+    id_hash        TEXT    PRIMARY KEY,
+    neptun_user_id INTEGER REFERENCES neptun_user (id) ON DELETE CASCADE,
+    state          TEXT    NOT NULL,
+    expires_at     INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE INDEX IF NOT EXISTS session_by_expiry ON session (expires_at);
+CREATE INDEX IF NOT EXISTS session_by_user ON session (neptun_user_id);
