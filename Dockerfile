@@ -26,4 +26,7 @@ VOLUME ["/data"]
 EXPOSE 8080
 USER 10001:10001
 WORKDIR /data
+# The image has no curl: the binary asks its own /health.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["/usr/local/bin/chatfiles", "healthcheck"]
 ENTRYPOINT ["/usr/local/bin/chatfiles"]

@@ -9,6 +9,8 @@ CREATE TABLE IF NOT EXISTS neptun_user (
     password_hash TEXT    NOT NULL,
     -- Bumped to end every session of the user at once (a new password); see session.user_epoch.
     session_epoch INTEGER NOT NULL DEFAULT 0,
+    -- Set by `chatfiles user disable`: the account may not log in.
+    disabled_at   INTEGER,
     created_at    INTEGER NOT NULL,
     updated_at    INTEGER NOT NULL
 );

@@ -14,6 +14,8 @@ use url::Url;
 /// Name of the environment variable holding the master secret. Never a flag: flags show up in
 /// `ps` and shell history.
 pub const SECRET_ENV: &str = "CHATFILES_SECRET";
+/// Older master secrets (comma-separated), still accepted for URLs and cookies made under them.
+pub const PREVIOUS_SECRETS_ENV: &str = "CHATFILES_PREVIOUS_SECRETS";
 
 const MIN_URL_TTL: Duration = Duration::from_secs(1);
 const MAX_URL_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -56,6 +58,34 @@ pub enum Command {
         #[arg(long)]
         repair: bool,
     },
+    /// Ask the running service's `/health` (at `--bind`) and exit 0 when it is healthy, 1
+    /// otherwise: for container health checks, without curl.
+    Healthcheck,
+    /// Manage accounts directly in the database (works while the service runs).
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+    },
+}
+
+/// `chatfiles user ...`
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum UserAction {
+    /// Create an account; the password is read from standard input (one line), never a flag.
+    Add { email: String },
+    /// List accounts: id, email, created, state.
+    List,
+    /// Refuse the account's logins from now on and end all of its sessions.
+    Disable { email: String },
+    /// Allow a disabled account to log in again.
+    Enable { email: String },
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// The service's whole configuration.
@@ -135,9 +165,32 @@ pub struct Config {
     #[arg(long, global = true, env = "CHATFILES_KEEP_ALIVE", default_value = "15s", value_parser = parse_timeout)]
     pub keep_alive: Duration,
 
+    /// Origins (scheme://host[:port], comma-separated) whose pages may call the API with
+    /// credentials, e.g. a front end on its own dev server [default: none].
+    #[arg(long, global = true, env = "CHATFILES_CORS_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
+    pub cors_origins: Vec<String>,
+
+    /// Serve `/metrics` on this separate address instead of the main one.
+    #[arg(long, global = true, env = "CHATFILES_METRICS_BIND")]
+    pub metrics_bind: Option<SocketAddr>,
+
+    /// Log line format; the level comes from `RUST_LOG` (default `info`).
+    #[arg(
+        long,
+        global = true,
+        env = "CHATFILES_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+
     /// Master secret, from the environment only (see `SECRET_ENV`).
     #[arg(skip)]
     pub secret: Option<SecretString>,
+
+    /// Previous master secrets, from the environment only (see `PREVIOUS_SECRETS_ENV`).
+    #[arg(skip)]
+    pub previous_secrets: Vec<SecretString>,
 }
 
 impl Cli {
@@ -157,7 +210,20 @@ impl Cli {
                 std::process::exit(2);
             }
         };
-        cli.config.secret = std::env::var(SECRET_ENV).ok().map(SecretString::from);
+        // An empty value (`CHATFILES_SECRET=` in a compose file) means "not set".
+        cli.config.secret = std::env::var(SECRET_ENV)
+            .ok()
+            .filter(|s| !s.trim().is_empty())
+            .map(SecretString::from);
+        cli.config.previous_secrets = std::env::var(PREVIOUS_SECRETS_ENV)
+            .map(|list| {
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| SecretString::from(s.to_owned()))
+                    .collect()
+            })
+            .unwrap_or_default();
         cli
     }
 }
@@ -180,7 +246,11 @@ impl Config {
             request_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             keep_alive: Duration::from_secs(15),
+            cors_origins: Vec::new(),
+            metrics_bind: None,
+            log_format: LogFormat::Text,
             secret: None,
+            previous_secrets: Vec::new(),
         }
     }
 
@@ -291,6 +361,18 @@ fn parse_quota(value: &str) -> Result<u64, String> {
     parse_bytes(value)
 }
 
+/// One CORS origin, normalised to `scheme://host[:port]` as browsers send `Origin`.
+fn parse_origin(value: &str) -> Result<String, String> {
+    let url = Url::parse(value.trim()).map_err(|e| format!("{value:?} is not an origin: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(format!("{value:?} is not an http(s) origin"));
+    }
+    if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("{value:?} must be an origin only, without a path"));
+    }
+    Ok(url.origin().ascii_serialization())
+}
+
 /// One trusted proxy: an address (a /32 or /128) or a CIDR range.
 fn parse_proxy(value: &str) -> Result<IpNet, String> {
     let value = value.trim();
@@ -368,6 +450,21 @@ mod tests {
         );
         let serve = Cli::try_parse_from(["chatfiles"]).map(|c| c.command);
         assert_eq!(serve.ok(), Some(None));
+    }
+
+    #[test]
+    fn cors_origins_are_normalised_origins() {
+        assert_eq!(
+            parse_origin("http://localhost:5173/"),
+            Ok("http://localhost:5173".to_owned())
+        );
+        assert_eq!(
+            parse_origin("HTTPS://App.Example.com:443"),
+            Ok("https://app.example.com".to_owned())
+        );
+        assert!(parse_origin("http://localhost:5173/app").is_err());
+        assert!(parse_origin("localhost:5173").is_err());
+        assert!(parse_origin("*").is_err());
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::error::AppError;
 /// The whole schema; applied at every start.
 pub const SCHEMA: &str = include_str!("../schema.sql");
 /// Bumped, with a migration step in [`migrate`], whenever `schema.sql` changes shape.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Steps from each older version to the next, applied before `schema.sql` (which then only
 /// adds what is missing). Index `i` takes version `i + 1` to `i + 2`.
@@ -28,6 +28,8 @@ const MIGRATIONS: &[&str] = &[
     // 1 → 2: session epochs, so that a password change ends sessions saved by racing logins.
     "ALTER TABLE neptun_user ADD COLUMN session_epoch INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE session ADD COLUMN user_epoch INTEGER NOT NULL DEFAULT 0;",
+    // 2 → 3: accounts an operator disabled (`chatfiles user disable`).
+    "ALTER TABLE neptun_user ADD COLUMN disabled_at INTEGER;",
 ];
 
 // synchronous=FULL makes every commit fsync the WAL, so a 201 or 204 survives power loss.
@@ -135,6 +137,11 @@ impl Db {
         .await?
     }
 
+    /// Connections open and idle in the pool.
+    pub fn pool_state(&self) -> r2d2::State {
+        self.pool.state()
+    }
+
     /// A connection for start-up and maintenance work outside request handling.
     pub fn get(&self) -> Result<r2d2::PooledConnection<SqliteConnectionManager>, AppError> {
         Ok(self.pool.get()?)
@@ -175,9 +182,11 @@ fn is_unique_violation(err: &rusqlite::Error) -> bool {
 // ---- users -------------------------------------------------------------------------------
 
 /// A user as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"id": 1, "primary_email": "ada@example.com"}))]
 pub struct User {
     pub id: i64,
+    /// Trimmed and lowercased.
     pub primary_email: String,
 }
 
@@ -211,9 +220,12 @@ pub struct Login {
     /// Bumped whenever all of the user's sessions must end (a new password): a session made
     /// under an older epoch is dead, even one saved after the change by a racing login.
     pub session_epoch: i64,
+    /// An operator disabled the account: no logins.
+    pub disabled: bool,
 }
 
-const LOGIN_COLUMNS: &str = "id, primary_email, password_hash, session_epoch";
+const LOGIN_COLUMNS: &str =
+    "id, primary_email, password_hash, session_epoch, disabled_at IS NOT NULL";
 
 fn login_from_row(r: &Row<'_>) -> rusqlite::Result<Login> {
     Ok(Login {
@@ -223,6 +235,7 @@ fn login_from_row(r: &Row<'_>) -> rusqlite::Result<Login> {
         },
         password_hash: r.get(2)?,
         session_epoch: r.get(3)?,
+        disabled: r.get(4)?,
     })
 }
 
@@ -263,6 +276,72 @@ pub fn change_password(
     Ok((epoch, ended))
 }
 
+/// Disables (with the time) or enables an account by email. Disabling also moves the user to a
+/// new session epoch and deletes their sessions. Returns the user's id and the sessions ended,
+/// or `None` for an unknown email.
+pub fn set_disabled(
+    conn: &mut Connection,
+    email: &str,
+    disabled_at: Option<i64>,
+) -> Result<Option<(i64, usize)>, AppError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let id: Option<i64> = tx
+        .query_row(
+            "UPDATE neptun_user SET disabled_at = ?2,
+                 session_epoch = session_epoch + (?2 IS NOT NULL)
+             WHERE primary_email = ?1 RETURNING id",
+            params![email, disabled_at],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(id) = id else {
+        return Ok(None);
+    };
+    let ended = if disabled_at.is_some() {
+        tx.execute("DELETE FROM session WHERE neptun_user_id = ?1", [id])?
+    } else {
+        0
+    };
+    tx.commit()?;
+    Ok(Some((id, ended)))
+}
+
+/// One line of `chatfiles user list`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserSummary {
+    pub id: i64,
+    pub primary_email: String,
+    pub created_at: i64,
+    pub disabled_at: Option<i64>,
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// Every account with what it stores, oldest first.
+pub fn list_users(conn: &Connection) -> Result<Vec<UserSummary>, AppError> {
+    let mut stmt = conn.prepare(
+        "SELECT u.id, u.primary_email, u.created_at, u.disabled_at,
+                COUNT(f.id), COALESCE(SUM(f.size), 0)
+         FROM neptun_user u
+         LEFT JOIN chat_conversation c ON c.neptun_user_id = u.id
+         LEFT JOIN chat_conversation_file f ON f.chat_conversation_id = c.id
+         GROUP BY u.id ORDER BY u.id",
+    )?;
+    let users = stmt
+        .query_map([], |r| {
+            Ok(UserSummary {
+                id: r.get(0)?,
+                primary_email: r.get(1)?,
+                created_at: r.get(2)?,
+                disabled_at: r.get(3)?,
+                files: r.get(4)?,
+                bytes: r.get(5)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(users)
+}
+
 pub fn find_user(conn: &Connection, id: i64) -> Result<Option<User>, AppError> {
     let mut stmt =
         conn.prepare_cached("SELECT id, primary_email FROM neptun_user WHERE id = ?1")?;
@@ -280,15 +359,22 @@ pub fn find_user(conn: &Connection, id: i64) -> Result<Option<User>, AppError> {
 // ---- chats -------------------------------------------------------------------------------
 
 /// A chat conversation as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Chat {
     pub id: i64,
+    /// 1 to 255 characters.
     pub name: String,
+    /// Free text up to 100 characters; `default` unless given.
     pub model: String,
+    /// RFC 3339 UTC, e.g. `2024-03-20T10:00:00Z`.
     #[serde(serialize_with = "as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: i64,
+    /// RFC 3339 UTC; moves when a file is uploaded to or deleted from the chat.
     #[serde(serialize_with = "as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub updated_at: i64,
+    /// The owner.
     pub neptun_user_id: i64,
 }
 
@@ -677,6 +763,15 @@ pub fn delete_session(conn: &Connection, id_hash: &str) -> Result<(), AppError> 
     conn.prepare_cached("DELETE FROM session WHERE id_hash = ?1")?
         .execute([id_hash])?;
     Ok(())
+}
+
+/// Sessions that have not expired.
+pub fn count_live_sessions(conn: &Connection, now: i64) -> Result<i64, AppError> {
+    Ok(conn.query_row(
+        "SELECT COUNT(*) FROM session WHERE expires_at > ?1",
+        [now],
+        |r| r.get(0),
+    )?)
 }
 
 /// Removes expired sessions; returns how many.

@@ -39,6 +39,9 @@ pub enum AppError {
     },
     #[error("Service unavailable")]
     Unavailable,
+    /// A part the service needs is down (the health check's answer).
+    #[error("{0}")]
+    Unhealthy(&'static str),
     /// The disk (or the database) is full.
     #[error("Not enough storage space on the server")]
     InsufficientStorage,
@@ -50,22 +53,36 @@ pub enum AppError {
     Internal(#[from] anyhow::Error),
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
+/// The body of every error response of `/api/*` and `/files/*` (Neptun's error shape).
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(
+    as = ErrorResponse,
+    example = json!({"statusCode": 404, "statusMessage": "Not Found", "data": {"message": "Chat not found"}})
+)]
+pub struct ErrorBody<'a> {
+    /// The HTTP status code, repeated.
     #[serde(rename = "statusCode")]
-    status_code: u16,
+    #[schema(minimum = 400, maximum = 599)]
+    pub status_code: u16,
+    /// The status code's canonical reason phrase, e.g. `Not Found`.
     #[serde(rename = "statusMessage")]
-    status_message: &'a str,
-    data: ErrorData<'a>,
+    pub status_message: &'a str,
+    pub data: ErrorData<'a>,
 }
 
-#[derive(Serialize)]
-struct ErrorData<'a> {
-    message: &'a str,
+/// What went wrong, in words a client may show.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorData<'a> {
+    /// E.g. `Chat not found`, `Invalid signature`, `URL has expired`.
+    pub message: &'a str,
+    /// An expired download URL's expiry (RFC 3339), sent with `URL has expired` only.
     #[serde(rename = "expiresAt", skip_serializing_if = "Option::is_none")]
-    expires_at: Option<&'a str>,
+    #[schema(value_type = String, format = DateTime, required = false)]
+    pub expires_at: Option<&'a str>,
+    /// The server's clock when it refused an expired URL (RFC 3339), beside `expiresAt`.
     #[serde(rename = "serverTime", skip_serializing_if = "Option::is_none")]
-    server_time: Option<&'a str>,
+    #[schema(value_type = String, format = DateTime, required = false)]
+    pub server_time: Option<&'a str>,
 }
 
 /// Builds a response in the contract's error shape.
@@ -106,7 +123,7 @@ impl ResponseError for AppError {
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable | Self::Unhealthy(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -2,6 +2,8 @@
 //! back through time-limited signed URLs.
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
+/// `chatfiles user ...`: account administration on the database.
+pub mod admin;
 /// `chatfiles check`: stored bytes verified against the database.
 pub mod check;
 /// Where "now" comes from (system or hand-driven).
@@ -12,6 +14,8 @@ pub mod config;
 pub mod db;
 /// The one error type and the contract's JSON error shape.
 pub mod error;
+/// Prometheus metrics and `GET /metrics`.
+pub mod metrics;
 /// Request id, error reshaping and the per-request log line.
 pub mod middleware;
 /// HTTP handlers, one module per concern.

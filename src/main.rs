@@ -1,7 +1,7 @@
 use std::sync::Arc;
 
 use chatfiles::clock::SystemClock;
-use chatfiles::config::{Cli, Command};
+use chatfiles::config::{Cli, Command, LogFormat};
 use chatfiles::startup::Application;
 use tracing_subscriber::EnvFilter;
 
@@ -10,18 +10,24 @@ async fn main() -> std::process::ExitCode {
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
     let Cli { command, config } = Cli::from_env_and_args();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .init();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
+    match config.log_format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .init(),
+        // One JSON object per line, the request's fields at the top level.
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     match command {
         None | Some(Command::Serve) => {}
         Some(Command::Check { repair }) => {
             return chatfiles::check::main(&config, repair);
         }
+        Some(Command::Healthcheck) => return chatfiles::routes::health::healthcheck(&config),
+        Some(Command::User { action }) => return chatfiles::admin::main(&config, action),
     }
     let app = match Application::build(&config, Arc::new(SystemClock)) {
         Ok(app) => app,
@@ -30,7 +36,12 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    tracing::info!(address = %app.local_addr(), storage = %config.storage_dir.display(), "chatfiles listening");
+    tracing::info!(
+        address = %app.local_addr(),
+        metrics = app.metrics_addr().map(tracing::field::display),
+        storage = %config.storage_dir.display(),
+        "chatfiles listening"
+    );
     match app.run_until_stopped().await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {

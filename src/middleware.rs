@@ -20,6 +20,7 @@ use futures_util::Stream;
 use tokio::time::Sleep;
 
 use crate::error::{AppError, error_response};
+use crate::session::LoggedUser;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -194,6 +195,9 @@ pub async fn envelope(
     let id = request_id(&req);
     req.extensions_mut().insert(RequestId(id.clone()));
     limit_body_idle(&mut req);
+    let metrics = req
+        .app_data::<actix_web::web::Data<crate::startup::AppState>>()
+        .map(|state| state.metrics.clone());
     let method = req.method().clone();
     // The path only: the query string of a download URL holds its signature. Cut, so that a
     // huge URL cannot flood the log.
@@ -234,6 +238,10 @@ pub async fn envelope(
             if let Ok(value) = HeaderValue::from_str(&id) {
                 response.headers_mut().insert(REQUEST_ID, value);
             }
+            if let Some(metrics) = &metrics {
+                let seconds = started.elapsed().as_secs_f64();
+                metrics.observe(None, &method, response.status().as_u16(), seconds);
+            }
             return Err(
                 actix_web::error::InternalError::from_response(err.to_string(), response).into(),
             );
@@ -244,7 +252,17 @@ pub async fn envelope(
     }
 
     let status = res.status();
-    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let elapsed = started.elapsed().as_secs_f64();
+    let elapsed_ms = elapsed * 1000.0;
+    let route = res.request().match_pattern();
+    let user_id = res
+        .request()
+        .extensions()
+        .get::<LoggedUser>()
+        .map(|user| user.0);
+    if let Some(metrics) = &metrics {
+        metrics.observe(route.as_deref(), &method, status.as_u16(), elapsed);
+    }
     if status.is_server_error() {
         let cause = res
             .response()
@@ -259,9 +277,11 @@ pub async fn envelope(
     tracing::info!(
         request_id = %id,
         %method,
+        route = %route.as_deref().unwrap_or("unmatched"),
         %path,
         status = status.as_u16(),
         elapsed_ms = format_args!("{elapsed_ms:.1}"),
+        user_id,
         "request"
     );
 
@@ -279,8 +299,14 @@ pub async fn envelope(
 /// Whether a request with a side effect comes from a page of another site, as the browser
 /// tells us through `Sec-Fetch-Site` and `Origin`. Requests without either (curl, scripts,
 /// mobile apps) are not a browser's cross-site requests and pass.
-fn is_cross_site(req: &ServiceRequest, public_origin: Option<&str>) -> bool {
+fn is_cross_site(req: &ServiceRequest, public_origin: Option<&str>, allowed: &[String]) -> bool {
     let headers = req.headers();
+    // An origin the operator allowed through CORS (`--cors-origins`) is a friend, whatever
+    // site it is on.
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    if origin.is_some_and(|o| allowed.iter().any(|a| a.eq_ignore_ascii_case(o))) {
+        return false;
+    }
     let fetch_site = headers
         .get("sec-fetch-site")
         .map(|v| v.as_bytes().to_ascii_lowercase());
@@ -320,15 +346,61 @@ pub async fn refuse_cross_site(
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
     );
     if !safe {
-        let public_origin = req
+        let state = req
             .app_data::<actix_web::web::Data<crate::startup::AppState>>()
-            .and_then(|state| state.public_origin.clone());
-        if is_cross_site(&req, public_origin.as_deref()) {
+            .cloned();
+        let (public_origin, allowed) = state.as_ref().map_or((None, &[][..]), |s| {
+            (s.public_origin.as_deref(), s.cors_origins.as_slice())
+        });
+        if is_cross_site(&req, public_origin, allowed) {
             let err = AppError::Forbidden("Cross-site request refused".into());
             return Ok(req.error_response(err));
         }
     }
     Ok(next.call(req).await?.map_into_boxed_body())
+}
+
+/// Keeps CORS headers to the origins that were let in. actix-cors adds `Allow-Credentials` and
+/// `Expose-Headers` to every answer, matched origin or not; without `Allow-Origin` they only
+/// confuse. A refused preflight also gets a message that says why.
+pub async fn only_matched_cors(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let preflight = req.method() == Method::OPTIONS
+        && req
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    let mut res = next.call(req).await?.map_into_boxed_body();
+    if res
+        .headers()
+        .contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+    {
+        return Ok(res);
+    }
+    let stray: Vec<HeaderName> = res
+        .headers()
+        .keys()
+        .filter(|name| name.as_str().starts_with("access-control-"))
+        .cloned()
+        .collect();
+    for name in stray {
+        res.headers_mut().remove(name);
+    }
+    if preflight && res.status().is_client_error() && !is_json(&res) {
+        let status = res.status();
+        res = res.map_body(|head, _| {
+            let refusal = error_response(status, "CORS preflight refused: origin not allowed");
+            for (name, value) in refusal.headers() {
+                head.headers.insert(name.clone(), value.clone());
+            }
+            head.headers.remove(header::CONTENT_LENGTH);
+            head.headers
+                .insert(header::VARY, HeaderValue::from_static("Origin"));
+            refusal.into_body()
+        });
+    }
+    Ok(res)
 }
 
 /// The answer for a path no route matches.

@@ -25,6 +25,37 @@ pub struct Keys {
     pub urls: UrlSigner,
 }
 
+/// The keys in use: the current secret's, plus what previous secrets left valid (their URLs
+/// verify by kid through `urls`; their session keys are in `previous_sessions`).
+pub struct KeyRing {
+    pub current: Keys,
+    pub previous_sessions: Vec<actix_web::cookie::Key>,
+}
+
+/// The current keys and those of the previous secrets (`CHATFILES_PREVIOUS_SECRETS`).
+pub fn load_key_ring(
+    storage_dir: &Path,
+    from_env: Option<&SecretString>,
+    previous: &[SecretString],
+) -> anyhow::Result<KeyRing> {
+    let master = load_master(storage_dir, from_env)?;
+    let mut current = derive_keys(&master);
+    drop(master);
+    let mut previous_sessions = Vec::with_capacity(previous.len());
+    for (index, secret) in previous.iter().enumerate() {
+        let old = decode_secret(secret.expose_secret()).with_context(|| {
+            format!("CHATFILES_PREVIOUS_SECRETS: entry {} is invalid", index + 1)
+        })?;
+        let old = derive_keys(&old);
+        current.urls.accept_previous(old.urls);
+        previous_sessions.push(old.session);
+    }
+    Ok(KeyRing {
+        current,
+        previous_sessions,
+    })
+}
+
 /// Decodes a secret given as hex (an even number of hex digits) or base64 (standard or URL-safe,
 /// padded or not), and insists on at least 32 bytes.
 pub fn decode_secret(text: &str) -> anyhow::Result<SecretBox<Vec<u8>>> {

@@ -9,8 +9,13 @@ use std::sync::Arc;
 
 use actix_session::storage::{LoadError, SaveError, SessionKey, SessionStore, UpdateError};
 use actix_session::{Session, SessionExt};
+use actix_web::body::MessageBody;
 use actix_web::cookie::time::Duration;
-use actix_web::{FromRequest, HttpRequest, dev::Payload};
+use actix_web::cookie::{Cookie, CookieJar, Key};
+use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore;
@@ -20,6 +25,7 @@ use crate::clock::Clock;
 use crate::db::{self, Db, SessionOwner};
 use crate::error::AppError;
 use crate::middleware::{Shed, note_shed};
+use crate::startup::SESSION_COOKIE;
 
 const USER_ID: &str = "user_id";
 const EPOCH: &str = "epoch";
@@ -178,6 +184,74 @@ impl SessionStore for SqliteSessionStore {
     }
 }
 
+/// The session cookie's signing keys: the current one, and those of previous secrets.
+pub struct CookieKeys {
+    pub current: Key,
+    pub previous: Vec<Key>,
+}
+
+/// A `neptun-session` value signed under a previous secret, re-signed under the current one;
+/// `None` when it is current already, or no key of ours signed it.
+fn adopted(keys: &CookieKeys, name: &str, value: &str) -> Option<String> {
+    let mut jar = CookieJar::new();
+    jar.add_original(Cookie::new(name.to_owned(), value.to_owned()));
+    if jar.signed(&keys.current).get(name).is_some() {
+        return None;
+    }
+    let plain = keys
+        .previous
+        .iter()
+        .find_map(|key| jar.signed(key).get(name))?;
+    let mut fresh = CookieJar::new();
+    fresh
+        .signed_mut(&keys.current)
+        .add(Cookie::new(name.to_owned(), plain.value().to_owned()));
+    fresh.get(name).map(|c| c.value().to_owned())
+}
+
+/// Lets in a session cookie signed under a previous secret (`CHATFILES_PREVIOUS_SECRETS`) by
+/// re-signing it, before the session middleware reads it, under the current key. The session
+/// middleware then hands the client a cookie under the current key with its answer, so
+/// clients move over as they come by.
+pub async fn adopt_previous_cookies(
+    mut req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let keys = req.app_data::<web::Data<CookieKeys>>().cloned();
+    if let Some(keys) = keys.filter(|k| !k.previous.is_empty()) {
+        let header = req
+            .headers()
+            .get(header::COOKIE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        if let Some(header) = header {
+            let mut changed = false;
+            let rewritten: Vec<String> = header
+                .split(';')
+                .map(|pair| {
+                    let pair = pair.trim();
+                    // Cookie values travel percent-encoded (the signature is base64).
+                    let adopted = Cookie::parse_encoded(pair)
+                        .ok()
+                        .filter(|cookie| cookie.name() == SESSION_COOKIE)
+                        .and_then(|cookie| adopted(&keys, cookie.name(), cookie.value()));
+                    match adopted {
+                        Some(value) => {
+                            changed = true;
+                            Cookie::new(SESSION_COOKIE, value).encoded().to_string()
+                        }
+                        None => pair.to_owned(),
+                    }
+                })
+                .collect();
+            if changed && let Ok(value) = HeaderValue::from_str(&rewritten.join("; ")) {
+                req.headers_mut().insert(header::COOKIE, value);
+            }
+        }
+    }
+    next.call(req).await
+}
+
 /// Starts a fresh session for a user at their current session epoch (a new id, so that a
 /// pre-login id cannot be fixed on a victim).
 pub fn log_in(session: &Session, user_id: i64, epoch: i64) -> Result<(), AppError> {
@@ -207,6 +281,10 @@ pub fn log_out(session: &Session) -> bool {
     had_user
 }
 
+/// The user a request acted as, for its log line (never their cookie).
+#[derive(Debug, Clone, Copy)]
+pub struct LoggedUser(pub i64);
+
 /// The logged-in user; extracting it answers 401 when there is no live session.
 #[derive(Debug, Clone, Copy)]
 pub struct AuthUser {
@@ -218,9 +296,12 @@ impl FromRequest for AuthUser {
     type Future = Ready<Result<Self, AppError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let user = current_user(&req.get_session());
+        if let Some(id) = user {
+            req.extensions_mut().insert(LoggedUser(id));
+        }
         ready(
-            current_user(&req.get_session())
-                .map(|id| AuthUser { id })
+            user.map(|id| AuthUser { id })
                 .ok_or(AppError::Unauthorized("Unauthorized")),
         )
     }

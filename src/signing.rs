@@ -24,12 +24,15 @@ pub struct Grant {
     pub download: bool,
 }
 
-/// Signs and verifies download URLs with one HMAC-SHA256 key.
+/// Signs download URLs with the current HMAC-SHA256 key, and verifies them with it or with the
+/// key of a previous secret named by the URL's `kid`.
 #[derive(Clone)]
 pub struct UrlSigner {
     // Keyed once; cloning the state is cheaper than re-keying for every URL.
     mac: HmacSha256,
     kid: String,
+    /// Keys of previous secrets, by kid: URLs made under them verify until they expire.
+    previous: Vec<(String, HmacSha256)>,
 }
 
 impl std::fmt::Debug for UrlSigner {
@@ -42,6 +45,27 @@ impl std::fmt::Debug for UrlSigner {
 
 /// The expiry for a URL made at `now`: `now + ttl` rounded up to a whole minute, so that every
 /// listing within the same minute hands out byte-identical (cacheable) URLs.
+/// The MAC of a URL's canonical string under `key`, whose id `kid` is covered too.
+fn mac_for(
+    key: &HmacSha256,
+    kid: &str,
+    object_key: &str,
+    expires: i64,
+    download: bool,
+) -> HmacSha256 {
+    // Fields are separated by a byte that none of them may contain, so no two different URLs
+    // share a canonical string.
+    let mut mac = key.clone();
+    mac.update(b"chatfiles-url-v1\n");
+    mac.update(kid.as_bytes());
+    mac.update(b"\n");
+    mac.update(object_key.as_bytes());
+    mac.update(b"\n");
+    mac.update(expires.to_string().as_bytes());
+    mac.update(if download { b"\ndownload=1" } else { b"\n" });
+    mac
+}
+
 pub fn expiry(now: i64, ttl_secs: u64) -> i64 {
     let ttl = i64::try_from(ttl_secs).unwrap_or(i64::MAX / 2);
     let at = now.saturating_add(ttl);
@@ -56,6 +80,7 @@ impl UrlSigner {
         Self {
             mac,
             kid: kid.into(),
+            previous: Vec::new(),
         }
     }
 
@@ -64,17 +89,15 @@ impl UrlSigner {
     }
 
     fn mac_for(&self, object_key: &str, expires: i64, download: bool) -> HmacSha256 {
-        // Fields are separated by a byte that none of them may contain, so no two different
-        // URLs share a canonical string.
-        let mut mac = self.mac.clone();
-        mac.update(b"chatfiles-url-v1\n");
-        mac.update(self.kid.as_bytes());
-        mac.update(b"\n");
-        mac.update(object_key.as_bytes());
-        mac.update(b"\n");
-        mac.update(expires.to_string().as_bytes());
-        mac.update(if download { b"\ndownload=1" } else { b"\n" });
-        mac
+        mac_for(&self.mac, &self.kid, object_key, expires, download)
+    }
+
+    /// Also accepts URLs signed under `older` (the signer of a previous secret); new URLs are
+    /// still signed with this one's key.
+    pub fn accept_previous(&mut self, older: UrlSigner) {
+        if older.kid != self.kid && self.previous.iter().all(|(kid, _)| *kid != older.kid) {
+            self.previous.push((older.kid, older.mac));
+        }
     }
 
     /// The query string (without `?`) that makes `/files/{object_key}` valid until `expires`.
@@ -118,9 +141,16 @@ impl UrlSigner {
             return Err(SignatureError::Invalid);
         }
         let expires: i64 = expires_raw.parse().map_err(|_| SignatureError::Invalid)?;
-        if kid.as_deref() != Some(self.kid.as_str()) {
-            return Err(SignatureError::Invalid);
-        }
+        let kid = kid.ok_or(SignatureError::Invalid)?;
+        let key = if kid == self.kid {
+            &self.mac
+        } else {
+            self.previous
+                .iter()
+                .find(|(old, _)| *old == kid)
+                .map(|(_, mac)| mac)
+                .ok_or(SignatureError::Invalid)?
+        };
         let download = match download.as_deref() {
             None => false,
             Some("1") => true,
@@ -129,7 +159,7 @@ impl UrlSigner {
         let signature = signature
             .and_then(|s| URL_SAFE_NO_PAD.decode(s.as_bytes()).ok())
             .ok_or(SignatureError::Invalid)?;
-        self.mac_for(object_key, expires, download)
+        mac_for(key, &kid, object_key, expires, download)
             .verify_slice(&signature)
             .map_err(|_| SignatureError::Invalid)?;
         if now >= expires {
@@ -147,6 +177,34 @@ mod tests {
 
     fn signer() -> UrlSigner {
         UrlSigner::new(b"test key material, 32 bytes long", "k1")
+    }
+
+    #[test]
+    fn urls_of_a_previous_key_verify_by_their_kid() {
+        let old = UrlSigner::new(b"an older key material, 32 bytes!", "k0");
+        let old_query = old.query(KEY, 600, false);
+        let mut current = signer();
+        assert_eq!(
+            current.verify(KEY, &old_query, 0),
+            Err(SignatureError::Invalid)
+        );
+        current.accept_previous(old);
+        assert_eq!(
+            current.verify(KEY, &old_query, 0),
+            Ok(Grant {
+                expires: 600,
+                download: false
+            })
+        );
+        // New URLs carry the current kid, and a forged kid does not borrow another key.
+        let new_query = current.query(KEY, 600, false);
+        assert!(new_query.contains("kid=k1"));
+        assert!(current.verify(KEY, &new_query, 0).is_ok());
+        let forged = old_query.replace("kid=k0", "kid=k1");
+        assert_eq!(
+            current.verify(KEY, &forged, 0),
+            Err(SignatureError::Invalid)
+        );
     }
 
     #[test]

@@ -5,10 +5,12 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix_cors::Cors;
 use actix_session::SessionMiddleware;
 use actix_session::config::{CookieContentSecurity, PersistentSession, TtlExtensionPolicy};
 use actix_web::cookie::SameSite;
 use actix_web::dev::{Server, ServerHandle};
+use actix_web::http::header;
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use anyhow::Context;
@@ -20,11 +22,14 @@ use crate::clock::Clock;
 use crate::config::{Config, Signup, public_base};
 use crate::db::{self, Db};
 use crate::error::AppError;
-use crate::middleware::{envelope, json_error, not_found, query_error, refuse_cross_site};
+use crate::metrics::{self, Metrics};
+use crate::middleware::{
+    REQUEST_ID, envelope, json_error, not_found, only_matched_cors, query_error, refuse_cross_site,
+};
 use crate::routes;
 use crate::routes::upload::InFlight;
-use crate::secrets::{derive_keys, load_master};
-use crate::session::SqliteSessionStore;
+use crate::secrets::{KeyRing, load_key_ring};
+use crate::session::{CookieKeys, SqliteSessionStore, adopt_previous_cookies};
 use crate::signing::UrlSigner;
 use crate::storage::{Storage, StorageLock};
 use crate::throttle::LoginThrottle;
@@ -49,6 +54,8 @@ pub struct AppState {
     pub public_base: String,
     /// `scheme://host[:port]` of `--public-url`, when one is configured.
     pub public_origin: Option<String>,
+    /// Origins allowed to call the API from their pages, with credentials (`--cors-origins`).
+    pub cors_origins: Vec<String>,
     pub url_ttl_secs: u64,
     pub max_file_size: u64,
     /// Bytes each user may store; `None` for no limit.
@@ -56,6 +63,7 @@ pub struct AppState {
     /// Longest a request body may stall.
     pub body_timeout: Duration,
     pub signup_open: bool,
+    pub metrics: Arc<Metrics>,
     pub login_throttle: LoginThrottle,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpNet>,
@@ -141,6 +149,27 @@ impl AppState {
     }
 }
 
+/// CORS for the configured origins only: credentials allowed, preflights answered (and cached
+/// for 10 minutes); any other origin gets no CORS headers, and its preflights a 400.
+fn cors(origins: &[String]) -> Cors {
+    let mut cors = Cors::default()
+        .allowed_methods(["GET", "HEAD", "POST", "DELETE"])
+        .allowed_headers([header::CONTENT_TYPE, header::ACCEPT, REQUEST_ID])
+        .expose_headers([
+            REQUEST_ID,
+            header::RETRY_AFTER,
+            header::CONTENT_DISPOSITION,
+            header::CONTENT_RANGE,
+            header::ETAG,
+        ])
+        .supports_credentials()
+        .max_age(600);
+    for origin in origins {
+        cors = cors.allowed_origin(origin);
+    }
+    cors
+}
+
 /// Runs `work` on its own task and waits for it. Dropping the waiting request (a client that
 /// resets its connection) does not stop it: for sequences that must not end halfway.
 pub async fn to_completion<T: 'static>(
@@ -154,6 +183,8 @@ pub async fn to_completion<T: 'static>(
 /// A built, bound, not yet running service.
 pub struct Application {
     server: Server,
+    /// `/metrics` on `--metrics-bind`, when it has its own address.
+    metrics_server: Option<(Server, SocketAddr)>,
     addr: SocketAddr,
     db: Db,
     clock: Arc<dyn Clock>,
@@ -185,9 +216,14 @@ impl Application {
                 config.storage_dir.display()
             )
         })?;
-        let master = load_master(&config.storage_dir, config.secret.as_ref())?;
-        let keys = derive_keys(&master);
-        drop(master);
+        let KeyRing {
+            current: keys,
+            previous_sessions,
+        } = load_key_ring(
+            &config.storage_dir,
+            config.secret.as_ref(),
+            &config.previous_secrets,
+        )?;
 
         let workers = config.worker_count();
         let pool_size = u32::try_from(workers * 2 + 2).unwrap_or(32).clamp(4, 32);
@@ -227,11 +263,13 @@ impl Application {
                 .public_url
                 .as_ref()
                 .map(|url| url.origin().ascii_serialization()),
+            cors_origins: config.cors_origins.clone(),
             url_ttl_secs: config.url_ttl.as_secs(),
             max_file_size: config.max_file_size,
             user_quota: (config.user_quota > 0).then_some(config.user_quota),
             body_timeout: config.body_timeout,
             signup_open: config.signup == Signup::Open,
+            metrics: Arc::new(Metrics::new().context("cannot set up metrics")?),
             login_throttle: LoginThrottle::default(),
             trusted_proxies: config.trusted_proxies.clone(),
             uploads_in_flight: Arc::default(),
@@ -239,9 +277,20 @@ impl Application {
         });
         let store = SqliteSessionStore::new(db.clone(), clock.clone());
         let session_key = keys.session;
+        let cookie_keys = web::Data::new(CookieKeys {
+            current: session_key.clone(),
+            previous: previous_sessions,
+        });
         let session_ttl = actix_web::cookie::time::Duration::seconds(
             i64::try_from(config.session_ttl.as_secs()).unwrap_or(i64::MAX),
         );
+
+        let cors_origins = config.cors_origins.clone();
+        let serve_metrics_here = config.metrics_bind.is_none();
+        let metrics_server = match config.metrics_bind {
+            Some(bind) => Some(metrics_server(bind, state.clone())?),
+            None => None,
+        };
 
         let server = HttpServer::new(move || {
             let sessions = SessionMiddleware::builder(store.clone(), session_key.clone())
@@ -259,6 +308,7 @@ impl Application {
                 .build();
             App::new()
                 .app_data(state.clone())
+                .app_data(cookie_keys.clone())
                 .app_data(
                     web::JsonConfig::default()
                         .limit(JSON_LIMIT)
@@ -268,13 +318,23 @@ impl Application {
                 .service(
                     web::scope("/api")
                         .wrap(sessions)
+                        .wrap(from_fn(adopt_previous_cookies))
                         .wrap(from_fn(refuse_cross_site))
                         .configure(routes::auth::configure)
                         .configure(routes::chats::configure)
-                        .configure(routes::files::configure),
+                        .configure(routes::files::configure)
+                        .configure(routes::openapi::configure),
                 )
                 .configure(routes::downloads::configure)
+                .configure(routes::health::configure)
+                .configure(|cfg| {
+                    if serve_metrics_here {
+                        metrics::configure(cfg);
+                    }
+                })
                 .default_service(web::to(not_found))
+                .wrap(cors(&cors_origins))
+                .wrap(from_fn(only_matched_cors))
                 .wrap(from_fn(envelope))
         })
         .workers(workers)
@@ -288,6 +348,7 @@ impl Application {
 
         Ok(Self {
             server,
+            metrics_server,
             addr,
             db,
             clock,
@@ -298,6 +359,11 @@ impl Application {
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address `/metrics` is served on when `--metrics-bind` gives it its own.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_server.as_ref().map(|(_, addr)| *addr)
     }
 
     /// A handle to stop the server gracefully.
@@ -316,12 +382,43 @@ impl Application {
                 handle.stop(true).await;
             }
         });
+        let metrics = self.metrics_server.map(|(server, _)| {
+            let handle = server.handle();
+            (tokio::spawn(server), handle)
+        });
         let result = self.server.await;
+        if let Some((task, handle)) = metrics {
+            handle.stop(true).await;
+            let _ = task.await;
+        }
         purger.abort();
         signals.abort();
         drop(self.lock);
         result
     }
+}
+
+/// A one-worker server for `/metrics` alone, on its own (usually internal) address.
+fn metrics_server(
+    bind: SocketAddr,
+    state: web::Data<AppState>,
+) -> anyhow::Result<(Server, SocketAddr)> {
+    let listener = TcpListener::bind(bind)
+        .with_context(|| format!("--metrics-bind: cannot listen on {bind}"))?;
+    let addr = listener.local_addr()?;
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .configure(metrics::configure)
+            .default_service(web::to(not_found))
+            .wrap(from_fn(envelope))
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(1)
+    .listen(listener)?
+    .run();
+    Ok((server, addr))
 }
 
 async fn purge_sessions(db: Db, clock: Arc<dyn Clock>) {

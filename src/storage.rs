@@ -156,6 +156,13 @@ impl Storage {
         Ok(())
     }
 
+    /// Proves that the storage directory takes writes: a small temp file written, then removed.
+    pub fn probe(&self) -> io::Result<()> {
+        let mut temp = self.create_temp()?;
+        temp.write(b"health")?;
+        Ok(())
+    }
+
     /// Removes an object's bytes; a missing object is not an error.
     pub fn remove(&self, key: &str) -> io::Result<()> {
         let Some(path) = self.object_path(key) else {

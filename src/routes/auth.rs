@@ -3,19 +3,23 @@
 use std::sync::LazyLock;
 
 use actix_session::Session;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use argon2::Argon2;
 use argon2::password_hash::{
     PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng,
 };
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::clock::rfc3339;
 use crate::db::{self, Login};
 use crate::error::AppError;
 use crate::routes::method_not_allowed;
-use crate::session::{self, AuthUser};
+use crate::routes::openapi::{
+    ErrorResponse, InsufficientStorage, JsonTooLarge, NotJson, RequestTimeout, TooManyRequests,
+    Unauthorized, Unavailable,
+};
+use crate::session::{self, AuthUser, LoggedUser};
 use crate::startup::AppState;
 use crate::throttle::client_address;
 
@@ -53,38 +57,69 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     );
 }
 
-#[derive(Deserialize)]
+/// A new account.
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(example = json!({"email": "ada@example.com", "password": "correct horse", "confirmPassword": "correct horse"}))]
 struct SignUp {
+    /// Trimmed and lowercased before it is checked and stored.
+    #[schema(format = Email, max_length = 254)]
     email: String,
+    /// At least 8 characters, at most 1024 bytes.
+    #[schema(min_length = 8)]
     password: String,
+    /// The same password again.
+    #[schema(min_length = 8)]
     confirm_password: String,
 }
 
-#[derive(Deserialize)]
+/// An email and its password.
+#[derive(Deserialize, ToSchema)]
+#[schema(example = json!({"email": "ada@example.com", "password": "correct horse"}))]
 struct Credentials {
     email: String,
     password: String,
 }
 
-#[derive(Deserialize)]
+/// A new password, with the current one.
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct PasswordChange {
     current_password: String,
+    /// At least 8 characters, at most 1024 bytes.
+    #[schema(min_length = 8)]
     password: String,
+    /// The new password again.
+    #[schema(min_length = 8)]
     confirm_password: String,
+}
+
+/// `{user}`: the user a session belongs to.
+#[derive(Serialize, ToSchema)]
+pub struct UserResponse {
+    pub user: db::User,
+}
+
+/// The answer to a login.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LoginResponse {
+    pub user: db::User,
+    /// RFC 3339 UTC.
+    #[schema(format = DateTime)]
+    pub logged_in_at: String,
 }
 
 const THROTTLED: &str = "Too many failed login attempts; try again later";
 
 /// Trimmed and lowercased, as emails are stored.
-fn normalize_email(email: &str) -> String {
+pub fn normalize_email(email: &str) -> String {
     email.trim().to_lowercase()
 }
 
 /// A deliberately modest syntax check: one `@`, a non-empty local part, a dotted domain of
 /// letters, digits and hyphens, and nothing that could smuggle a header or a space.
-fn is_valid_email(email: &str) -> bool {
+pub fn is_valid_email(email: &str) -> bool {
     if email.len() > MAX_EMAIL_BYTES {
         return false;
     }
@@ -111,7 +146,7 @@ fn is_valid_email(email: &str) -> bool {
     local_ok && domain_ok
 }
 
-fn check_new_password(password: &str, confirmation: &str) -> Result<(), AppError> {
+pub fn check_new_password(password: &str, confirmation: &str) -> Result<(), AppError> {
     if password.chars().count() < MIN_PASSWORD_CHARS {
         return Err(AppError::BadRequest(format!(
             "Password must be at least {MIN_PASSWORD_CHARS} characters"
@@ -128,7 +163,7 @@ fn check_new_password(password: &str, confirmation: &str) -> Result<(), AppError
     Ok(())
 }
 
-fn hash_password(password: &str) -> Result<String, AppError> {
+pub fn hash_password(password: &str) -> Result<String, AppError> {
     let salt = SaltString::generate(&mut OsRng);
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
@@ -161,9 +196,33 @@ pub fn warm_up() {
     LazyLock::force(&DUMMY_HASH);
 }
 
+/// Create an account and log in
+///
+/// Refused while logged in. Emails are trimmed and stored lowercased.
+#[utoipa::path(
+    post,
+    path = "/api/auth/sign-up",
+    tag = "auth",
+    request_body = SignUp,
+    responses(
+        (status = 201, description = "Signed up and logged in", body = UserResponse,
+            headers(("Set-Cookie" = String, description = "The new `neptun-session` cookie"))),
+        (status = 400, description = "A malformed body, an invalid email, a password under 8 \
+            characters or over 1024 bytes, or passwords that do not match", body = ErrorResponse),
+        (status = 403, description = "Sign-up is closed, the client is already logged in, or a \
+            cross-site request", body = ErrorResponse),
+        (status = 408, response = RequestTimeout),
+        (status = 409, description = "Email is already taken", body = ErrorResponse),
+        (status = 413, response = JsonTooLarge),
+        (status = 415, response = NotJson),
+        (status = 503, response = Unavailable),
+        (status = 507, response = InsufficientStorage),
+    )
+)]
 async fn sign_up(
     state: web::Data<AppState>,
     session: Session,
+    req: HttpRequest,
     body: web::Json<SignUp>,
 ) -> Result<HttpResponse, AppError> {
     if !state.signup_open {
@@ -190,7 +249,8 @@ async fn sign_up(
         .await?
         .ok_or_else(|| AppError::Conflict("Email is already taken".into()))?;
     session::log_in(&session, user.id, 0)?;
-    Ok(HttpResponse::Created().json(json!({ "user": user })))
+    req.extensions_mut().insert(LoggedUser(user.id));
+    Ok(HttpResponse::Created().json(UserResponse { user }))
 }
 
 /// Checks `password` against a stored hash (or, for no user, a dummy one so that the answer
@@ -230,6 +290,30 @@ async fn verify_throttled(
     Ok(user)
 }
 
+/// Log in
+///
+/// Issues a new session id. A wrong email and a wrong password get the same answer in about
+/// the same time. Throttled per account and client address.
+#[utoipa::path(
+    post,
+    path = "/api/auth/login",
+    tag = "auth",
+    request_body = Credentials,
+    responses(
+        (status = 200, description = "Logged in", body = LoginResponse,
+            headers(("Set-Cookie" = String, description = "The new `neptun-session` cookie"))),
+        (status = 400, description = "A malformed body", body = ErrorResponse),
+        (status = 401, description = "`Invalid email or password`", body = ErrorResponse),
+        (status = 403, description = "The account is disabled (said only with the right \
+            password), or a cross-site request", body = ErrorResponse),
+        (status = 408, response = RequestTimeout),
+        (status = 413, response = JsonTooLarge),
+        (status = 415, response = NotJson),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
+        (status = 507, response = InsufficientStorage),
+    )
+)]
 async fn log_in(
     state: web::Data<AppState>,
     session: Session,
@@ -246,19 +330,50 @@ async fn log_in(
     let Login {
         user,
         session_epoch,
+        disabled,
         ..
     } = verify_throttled(&state, &req, &email, found, password)
         .await?
         .ok_or(AppError::Unauthorized("Invalid email or password"))?;
+    // Said only to someone who knows the password.
+    if disabled {
+        return Err(AppError::Forbidden("This account is disabled".into()));
+    }
     session::log_in(&session, user.id, session_epoch)?;
-    Ok(HttpResponse::Ok().json(json!({
-        "user": user,
-        "loggedInAt": rfc3339(state.clock.unix()),
-    })))
+    req.extensions_mut().insert(LoggedUser(user.id));
+    Ok(HttpResponse::Ok().json(LoginResponse {
+        user,
+        logged_in_at: rfc3339(state.clock.unix()),
+    }))
 }
 
 /// Sets a new password after checking the current one, and ends every session of the user;
 /// this one continues under a new id.
+#[utoipa::path(
+    post,
+    path = "/api/auth/password",
+    tag = "auth",
+    summary = "Change the password",
+    description = "Checks the current password (throttled like a login), sets the new one and \
+        ends every other session of the user; this one continues under a new id.",
+    request_body = PasswordChange,
+    security(("neptun_session" = [])),
+    responses(
+        (status = 204, description = "Changed; every other session ended",
+            headers(("Set-Cookie" = String, description = "This session's new `neptun-session` cookie"))),
+        (status = 400, description = "A malformed body, a new password under 8 characters or \
+            over 1024 bytes, or passwords that do not match", body = ErrorResponse),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "`Current password is incorrect`, or a cross-site request",
+            body = ErrorResponse),
+        (status = 408, response = RequestTimeout),
+        (status = 413, response = JsonTooLarge),
+        (status = 415, response = NotJson),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
+        (status = 507, response = InsufficientStorage),
+    )
+)]
 async fn change_password(
     state: web::Data<AppState>,
     session: Session,
@@ -299,17 +414,47 @@ async fn change_password(
     Ok(HttpResponse::NoContent().finish())
 }
 
+/// Log out
+///
+/// Deletes the session on the server, so that a copy of the cookie is worthless too.
+#[utoipa::path(
+    post,
+    path = "/api/auth/logout",
+    tag = "auth",
+    security((), ("neptun_session" = [])),
+    responses(
+        (status = 200, description = "`true` when a session was ended, `false` when there was \
+            none", body = bool, content_type = "application/json"),
+        (status = 403, description = "A cross-site request", body = ErrorResponse),
+        (status = 503, response = Unavailable),
+        (status = 507, response = InsufficientStorage),
+    )
+)]
 async fn log_out(session: Session) -> HttpResponse {
     HttpResponse::Ok().json(session::log_out(&session))
 }
 
+/// The session's user
+///
+/// `HEAD` answers the same without a body: a cheap "am I logged in?".
+#[utoipa::path(
+    method(get, head),
+    path = "/api/auth/check",
+    tag = "auth",
+    security(("neptun_session" = [])),
+    responses(
+        (status = 200, description = "Logged in", body = UserResponse),
+        (status = 401, response = Unauthorized),
+        (status = 503, response = Unavailable),
+    )
+)]
 async fn check(state: web::Data<AppState>, user: AuthUser) -> Result<HttpResponse, AppError> {
     let found = state
         .db
         .run(move |conn| db::find_user(conn, user.id))
         .await?;
     let user = found.ok_or(AppError::Unauthorized("Unauthorized"))?;
-    Ok(HttpResponse::Ok().json(json!({ "user": user })))
+    Ok(HttpResponse::Ok().json(UserResponse { user }))
 }
 
 #[cfg(test)]

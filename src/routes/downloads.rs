@@ -17,7 +17,9 @@ use tokio_util::io::ReaderStream;
 use crate::clock::rfc3339;
 use crate::db::{self, FileRow};
 use crate::error::AppError;
+use crate::metrics::Rejection;
 use crate::routes::method_not_allowed;
+use crate::routes::openapi::{ErrorResponse, Unavailable};
 use crate::signing::SignatureError;
 use crate::startup::AppState;
 use crate::storage;
@@ -172,6 +174,79 @@ fn http_date(unix: i64) -> String {
     httpdate::fmt_http_date(time)
 }
 
+/// Download a file through its signed URL
+///
+/// No cookie needed: the signature is the permission, for GET and HEAD only. `HEAD` answers
+/// the same headers without the body.
+#[utoipa::path(
+    method(get, head),
+    path = "/files/{key}",
+    tag = "downloads",
+    params(
+        ("key" = String, Path, description = "The stored object's random id (from a `ChatFile.url`)"),
+        ("expires" = i64, Query, description = "Unix seconds after which the URL answers 403 \
+            `URL has expired`"),
+        ("kid" = String, Query, description = "Which key signed the URL"),
+        ("signature" = String, Query, description = "HMAC-SHA256 over the key and the other \
+            parameters, base64url without padding"),
+        ("download" = Option<String>, Query, description = "`1`: answer as an attachment; only \
+            in URLs issued that way (it is signed too)"),
+        ("Range" = Option<String>, Header, nullable = false, description = "One byte range, e.g. `bytes=0-1023`, \
+            `bytes=1024-` or `bytes=-500`; a malformed or multi-range header is ignored"),
+        ("If-Range" = Option<String>, Header, nullable = false, description = "Honour `Range` only when this is \
+            the current `ETag` or `Last-Modified`"),
+        ("If-None-Match" = Option<String>, Header, nullable = false, description = "ETags the client holds: 304 \
+            when one matches"),
+        ("If-Modified-Since" = Option<String>, Header, nullable = false, description = "An HTTP-date: 304 when \
+            the file is not newer (ignored beside `If-None-Match`)"),
+    ),
+    responses(
+        (status = 200, description = "The bytes, with the type they were stored with",
+            content(("*/*")),
+            headers(
+                ("Content-Length" = u64, description = "The file's size"),
+                ("Accept-Ranges" = String, description = "`bytes`"),
+                ("ETag" = String, description = "Strong, from the content's SHA-256"),
+                ("Last-Modified" = String, description = "When the file was uploaded (HTTP-date)"),
+                ("Cache-Control" = String, description = "`private, max-age=<seconds until the \
+                    URL expires>`"),
+                ("Content-Disposition" = String, description = "`inline` for images other than \
+                    SVG, PDF, plain text, audio and video, else (and with `download=1`) \
+                    `attachment`; `filename=` (ASCII) and `filename*=UTF-8''…`"),
+                ("Content-Security-Policy" = String, description = "`default-src 'none'; sandbox`"),
+                ("Referrer-Policy" = String, description = "`no-referrer`"),
+                ("X-Content-Type-Options" = String, description = "`nosniff`"),
+            )),
+        (status = 206, description = "The requested byte range",
+            content(("*/*")),
+            headers(
+                ("Content-Range" = String, description = "`bytes <first>-<last>/<size>`"),
+                ("Content-Length" = u64, description = "The range's length"),
+                ("Accept-Ranges" = String, description = "`bytes`"),
+                ("ETag" = String, description = "Strong, from the content's SHA-256"),
+                ("Last-Modified" = String, description = "When the file was uploaded (HTTP-date)"),
+                ("Cache-Control" = String, description = "`private, max-age=<seconds until the \
+                    URL expires>`"),
+                ("Content-Disposition" = String, description = "As for 200"),
+            )),
+        (status = 304, description = "Not modified: the client's copy (`If-None-Match`, \
+            `If-Modified-Since`) is current; no body",
+            headers(
+                ("ETag" = String, description = "Strong, from the content's SHA-256"),
+                ("Cache-Control" = String, description = "`private, max-age=<seconds until the \
+                    URL expires>`"),
+            )),
+        (status = 403, description = "`Invalid signature` (missing, wrong, made under an unknown \
+            key, or any parameter changed) or `URL has expired` (with `data.expiresAt` and \
+            `data.serverTime`)", body = ErrorResponse),
+        (status = 404, description = "`File not found`: deleted, however valid its URL",
+            body = ErrorResponse),
+        (status = 416, description = "The range starts past the end of the file",
+            body = ErrorResponse,
+            headers(("Content-Range" = String, description = "`bytes */<size>`"))),
+        (status = 503, response = Unavailable),
+    )
+)]
 async fn download(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -183,11 +258,17 @@ async fn download(
         .signer
         .verify(&key, req.query_string(), now.timestamp())
         .map_err(|err| match err {
-            SignatureError::Invalid => AppError::Forbidden("Invalid signature".into()),
-            SignatureError::Expired { expires } => AppError::UrlExpired {
-                expires_at: rfc3339(expires),
-                server_time: rfc3339(now.timestamp()),
-            },
+            SignatureError::Invalid => {
+                state.metrics.rejected(Rejection::Invalid);
+                AppError::Forbidden("Invalid signature".into())
+            }
+            SignatureError::Expired { expires } => {
+                state.metrics.rejected(Rejection::Expired);
+                AppError::UrlExpired {
+                    expires_at: rfc3339(expires),
+                    server_time: rfc3339(now.timestamp()),
+                }
+            }
         })?;
     // A signature can only be made for a key we issued, but check its shape anyway before
     // it goes anywhere near the filesystem.
@@ -247,7 +328,9 @@ async fn download(
     if req.method() == Method::HEAD {
         return Ok(response.body(HeadBody(len)));
     }
-    body(&state, response, &row, start, len).await
+    let answer = body(&state, response, &row, start, len).await?;
+    state.metrics.downloaded_bytes.inc_by(len);
+    Ok(answer)
 }
 
 /// `If-None-Match` (or, without it, `If-Modified-Since`) says the client's copy is current.

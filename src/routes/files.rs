@@ -2,13 +2,16 @@
 //! (`/api/users/{user_id}/chats/{chat_id}/files`).
 
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::db;
 use crate::error::AppError;
+use crate::routes::openapi::{
+    ErrorResponse, InsufficientStorage, RequestTimeout, Unauthorized, Unavailable,
+};
 use crate::routes::upload::{self, Limits, receive_files};
-use crate::routes::{ChatPath, FilePath, method_not_allowed_after_login};
+use crate::routes::{ChatFile, ChatPath, FilePath, method_not_allowed_after_login};
 use crate::startup::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -26,6 +29,54 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     );
 }
 
+/// `{chatFiles}`: the seed endpoint's answer (also an upload's, in upload order).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GetChatFilesResponse {
+    pub chat_files: Vec<ChatFile>,
+}
+
+/// `{chatFile}`: one file.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatFileResponse {
+    pub chat_file: ChatFile,
+}
+
+/// An upload: one or more parts named `file` (other parts are ignored).
+#[derive(ToSchema)]
+pub struct UploadForm {
+    /// The files. Each part's filename (sanitised) becomes the file's `name`; its Content-Type,
+    /// when a valid MIME type other than `application/octet-stream`, its `type` (else guessed
+    /// from the name). A part of type `multipart/*` is refused.
+    #[schema(value_type = Vec<String>, format = Binary, min_items = 1, max_items = 100)]
+    pub file: Vec<Vec<u8>>,
+}
+
+/// A chat's files (the seed endpoint)
+///
+/// Oldest first (`created_at`, then `id`); an empty chat gives `{"chatFiles": []}`. Each `url`
+/// is absolute and signed, valid for `--url-ttl`; listing twice within a minute gives the same
+/// URLs.
+#[utoipa::path(
+    get,
+    path = "/api/users/{user_id}/chats/{chat_id}/files",
+    tag = "files",
+    params(
+        ("user_id" = i64, Path, minimum = 1, description = "The session's own user id"),
+        ("chat_id" = i64, Path, minimum = 1, description = "The chat"),
+    ),
+    security(("neptun_session" = [])),
+    responses(
+        (status = 200, description = "The chat's files", body = GetChatFilesResponse),
+        (status = 400, description = "A malformed user or chat id (not a positive 64-bit integer)",
+            body = ErrorResponse),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "`User not found` (not the session's user) or `Chat not \
+            found` (none, or another user's)", body = ErrorResponse),
+        (status = 503, response = Unavailable),
+    )
+)]
 async fn list_chat_files(
     state: web::Data<AppState>,
     path: ChatPath,
@@ -40,9 +91,39 @@ async fn list_chat_files(
         .into_iter()
         .map(|row| state.chat_file(row, expires, false))
         .collect();
-    Ok(HttpResponse::Ok().json(json!({ "chatFiles": files })))
+    Ok(HttpResponse::Ok().json(GetChatFilesResponse { chat_files: files }))
 }
 
+/// Upload files to a chat
+///
+/// Streamed to disk part by part. A 201 means the bytes and the rows are durable; any refusal
+/// keeps nothing of the request.
+#[utoipa::path(
+    post,
+    path = "/api/users/{user_id}/chats/{chat_id}/files",
+    tag = "files",
+    params(
+        ("user_id" = i64, Path, minimum = 1, description = "The session's own user id"),
+        ("chat_id" = i64, Path, minimum = 1, description = "The chat"),
+    ),
+    request_body(content = UploadForm, content_type = "multipart/form-data"),
+    security(("neptun_session" = [])),
+    responses(
+        (status = 201, description = "Stored, in upload order", body = GetChatFilesResponse),
+        (status = 400, description = "A malformed user or chat id, no part named `file`, a part \
+            of type `multipart/*`, or a malformed multipart body", body = ErrorResponse),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "A cross-site request", body = ErrorResponse),
+        (status = 404, description = "`User not found` (not the session's user) or `Chat not \
+            found` (none, or another user's)", body = ErrorResponse),
+        (status = 408, response = RequestTimeout),
+        (status = 413, description = "A file over `--max-file-size`, the user's quota reached, or \
+            more than 100 parts", body = ErrorResponse),
+        (status = 415, description = "The body is not `multipart/form-data`", body = ErrorResponse),
+        (status = 503, response = Unavailable),
+        (status = 507, response = InsufficientStorage),
+    )
+)]
 async fn upload_chat_files(
     state: web::Data<AppState>,
     path: ChatPath,
@@ -98,7 +179,7 @@ async fn upload_chat_files(
         .into_iter()
         .map(|row| state.chat_file(row, expires, false))
         .collect();
-    Ok(HttpResponse::Created().json(json!({ "chatFiles": files })))
+    Ok(HttpResponse::Created().json(GetChatFilesResponse { chat_files: files }))
 }
 
 #[derive(Deserialize)]
@@ -119,6 +200,32 @@ async fn not_found(state: &AppState, path: FilePath) -> AppError {
     }
 }
 
+/// One file of a chat
+///
+/// With `?download=1` its `url` forces a download (`Content-Disposition: attachment`).
+#[utoipa::path(
+    get,
+    path = "/api/users/{user_id}/chats/{chat_id}/files/{file_id}",
+    tag = "files",
+    params(
+        ("user_id" = i64, Path, minimum = 1, description = "The session's own user id"),
+        ("chat_id" = i64, Path, minimum = 1, description = "The chat"),
+        ("file_id" = i64, Path, minimum = 1, description = "The file"),
+        ("download" = Option<String>, Query, example = "1",
+            description = "`1` (or `true`): the URL is for an attachment download; anything \
+                else is ignored"),
+    ),
+    security(("neptun_session" = [])),
+    responses(
+        (status = 200, description = "The file", body = ChatFileResponse),
+        (status = 400, description = "A malformed user, chat or file id (not a positive 64-bit \
+            integer), or a malformed query string", body = ErrorResponse),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "`User not found`, `Chat not found` or `File not found`",
+            body = ErrorResponse),
+        (status = 503, response = Unavailable),
+    )
+)]
 async fn get_chat_file(
     state: web::Data<AppState>,
     path: FilePath,
@@ -133,9 +240,34 @@ async fn get_chat_file(
         return Err(not_found(&state, path).await);
     };
     let file = state.chat_file(row, state.url_expiry(), download);
-    Ok(HttpResponse::Ok().json(json!({ "chatFile": file })))
+    Ok(HttpResponse::Ok().json(ChatFileResponse { chat_file: file }))
 }
 
+/// Delete a file
+///
+/// Touches the chat's `updated_at`; the file's URL answers 404 from now on.
+#[utoipa::path(
+    delete,
+    path = "/api/users/{user_id}/chats/{chat_id}/files/{file_id}",
+    tag = "files",
+    params(
+        ("user_id" = i64, Path, minimum = 1, description = "The session's own user id"),
+        ("chat_id" = i64, Path, minimum = 1, description = "The chat"),
+        ("file_id" = i64, Path, minimum = 1, description = "The file"),
+    ),
+    security(("neptun_session" = [])),
+    responses(
+        (status = 204, description = "Deleted, durably"),
+        (status = 400, description = "A malformed user, chat or file id (not a positive 64-bit \
+            integer)", body = ErrorResponse),
+        (status = 401, response = Unauthorized),
+        (status = 403, description = "A cross-site request", body = ErrorResponse),
+        (status = 404, description = "`User not found`, `Chat not found` or `File not found`",
+            body = ErrorResponse),
+        (status = 503, response = Unavailable),
+        (status = 507, response = InsufficientStorage),
+    )
+)]
 async fn delete_chat_file(
     state: web::Data<AppState>,
     path: FilePath,

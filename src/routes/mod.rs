@@ -4,6 +4,8 @@ pub mod auth;
 pub mod chats;
 pub mod downloads;
 pub mod files;
+pub mod health;
+pub mod openapi;
 pub mod upload;
 
 use std::future::{Ready, ready};
@@ -111,15 +113,34 @@ impl FromRequest for FilePath {
 }
 
 /// A file as the seed endpoint shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({
+    "id": 1,
+    "chat_conversation_id": 123,
+    "name": "document.pdf",
+    "size": 1024,
+    "type": "application/pdf",
+    "created_at": "2024-03-20T10:00:00Z",
+    "url": "https://files.example.com/files/9f86d081884c7d659a2feaa0c55ad015?expires=1710929700&kid=5e1f3a09&signature=PlWm6o1p2wbEPQ5mhY9aFwQ8cUw0hC1QkHRhQ2vZQqs"
+}))]
 pub struct ChatFile {
+    /// The file id.
     pub id: i64,
+    /// The chat it belongs to.
     pub chat_conversation_id: i64,
+    /// The uploaded file name, sanitised: last path component, no control or bidi
+    /// characters, at most 255 bytes.
     pub name: String,
+    /// Bytes stored.
     pub size: u64,
+    /// MIME type, e.g. `application/pdf`.
     #[serde(rename = "type")]
     pub mime: String,
+    /// RFC 3339 UTC to the second, e.g. `2024-03-20T10:00:00Z`.
+    #[schema(format = DateTime)]
     pub created_at: String,
+    /// Absolute, time-limited signed URL of the bytes (`GET /files/{key}`).
+    #[schema(format = "uri")]
     pub url: String,
 }
 

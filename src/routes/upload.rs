@@ -534,7 +534,13 @@ pub async fn store_uploads(
             .write(move |conn| db::insert_files(conn, user_id, chat_id, &files, now, quota))
             .await;
         match inserted {
-            Ok(Inserted::Rows(rows)) => Ok(rows),
+            Ok(Inserted::Rows(rows)) => {
+                state
+                    .metrics
+                    .uploaded_bytes
+                    .inc_by(rows.iter().map(|r| r.size).sum());
+                Ok(rows)
+            }
             Ok(Inserted::NoChat) => {
                 state.remove_objects(keys).await;
                 Err(AppError::NotFound("Chat not found"))

@@ -24,6 +24,8 @@ pub struct TestApp {
     pub clock: Arc<ManualClock>,
     pub config: Config,
     pub dir: Arc<TempDir>,
+    /// `http://127.0.0.1:<port>` of `/metrics` when `--metrics-bind` gives it its own address.
+    pub metrics_address: Option<String>,
     handle: ServerHandle,
 }
 
@@ -76,6 +78,7 @@ impl TestApp {
         let app = Application::build(&config, clock.clone())
             .unwrap_or_else(|e| panic!("the server did not build: {e:#}"));
         let address = format!("http://{}", app.local_addr());
+        let metrics_address = app.metrics_addr().map(|a| format!("http://{a}"));
         let handle = app.handle();
         tokio::spawn(app.run_until_stopped());
         TestApp {
@@ -83,6 +86,7 @@ impl TestApp {
             clock,
             config,
             dir,
+            metrics_address,
             handle,
         }
     }
@@ -288,5 +292,44 @@ impl TestApp {
             freed.is_some(),
             "the stopped server still holds the storage lock"
         );
+    }
+}
+
+/// What a run of the `chatfiles` binary printed, and how it exited.
+pub struct CliRun {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the real `chatfiles` binary with `args`, feeding it `stdin`; no `CHATFILES_*` variable
+/// of the test's own environment leaks in.
+pub async fn chatfiles_cli(args: &[&str], stdin: &str) -> CliRun {
+    use tokio::io::AsyncWriteExt;
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatfiles"));
+    for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("CHATFILES_")) {
+        command.env_remove(name);
+    }
+    let mut child = command
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run chatfiles: {e}"));
+    if let Some(mut input) = child.stdin.take() {
+        input
+            .write_all(stdin.as_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("stdin: {e}"));
+    }
+    let output = child
+        .wait_with_output()
+        .await
+        .unwrap_or_else(|e| panic!("chatfiles: {e}"));
+    CliRun {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     }
 }

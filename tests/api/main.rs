@@ -1,6 +1,8 @@
 //! Integration tests: the real server over HTTP, one module per feature.
 
+mod admin;
 mod auth;
+mod browser;
 mod chats;
 mod check;
 mod downloads;
@@ -8,7 +10,11 @@ mod files;
 mod helpers;
 mod hostile;
 mod load;
+mod logs;
+mod openapi;
+mod operations;
 mod password;
 mod quota;
+mod rotation;
 mod seed_client;
 mod throttle;
