@@ -29,6 +29,11 @@ pub fn main(config: &Config, action: UserAction) -> ExitCode {
 /// The work behind [`main`], with the password read from `input`; returns what to print.
 pub fn run(config: &Config, action: UserAction, input: &mut dyn BufRead) -> anyhow::Result<String> {
     let path = config.database_path();
+    // Only `add` may start a database (bootstrapping closed sign-up); the others on a missing
+    // one mean a mistyped --storage-dir or --database.
+    if !matches!(action, UserAction::Add { .. }) && !path.exists() {
+        bail!("no database at {}", path.display());
+    }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
@@ -40,6 +45,9 @@ pub fn run(config: &Config, action: UserAction, input: &mut dyn BufRead) -> anyh
             let email = normalize_email(&email);
             if !is_valid_email(&email) {
                 bail!("invalid email address {email:?}");
+            }
+            if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                eprint!("Password for {email} (shown as typed; pipe it in to hide it): ");
             }
             let mut password = String::new();
             input

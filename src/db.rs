@@ -765,10 +765,11 @@ pub fn delete_session(conn: &Connection, id_hash: &str) -> Result<(), AppError> 
     Ok(())
 }
 
-/// Sessions that have not expired.
+/// Logged-in sessions that are still good: not expired, not from before a password change.
 pub fn count_live_sessions(conn: &Connection, now: i64) -> Result<i64, AppError> {
     Ok(conn.query_row(
-        "SELECT COUNT(*) FROM session WHERE expires_at > ?1",
+        "SELECT COUNT(*) FROM session s JOIN neptun_user u ON u.id = s.neptun_user_id
+         WHERE s.expires_at > ?1 AND u.session_epoch = s.user_epoch",
         [now],
         |r| r.get(0),
     )?)

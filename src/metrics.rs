@@ -73,7 +73,7 @@ impl Metrics {
         )?;
         let sessions_active = IntGauge::new(
             "chatfiles_sessions_active",
-            "Login sessions that have not expired",
+            "Logged-in sessions that are still good (not expired, not ended by a password change)",
         )?;
         let pool_in_use = IntGauge::new(
             "chatfiles_db_pool_connections_in_use",

@@ -195,9 +195,23 @@ pub async fn envelope(
     let id = request_id(&req);
     req.extensions_mut().insert(RequestId(id.clone()));
     limit_body_idle(&mut req);
-    let metrics = req
+    let state = req
         .app_data::<actix_web::web::Data<crate::startup::AppState>>()
-        .map(|state| state.metrics.clone());
+        .cloned();
+    let metrics = state.as_ref().map(|state| state.metrics.clone());
+    // Kept for the error path below, which builds a fresh response: a listed origin must still
+    // be able to read it (a 503 is when a front end most needs to see `Retry-After`).
+    let allowed_origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .filter(|origin| {
+            state.as_ref().is_some_and(|s| {
+                s.cors_origins
+                    .iter()
+                    .any(|allowed| origin.as_bytes().eq_ignore_ascii_case(allowed.as_bytes()))
+            })
+        })
+        .cloned();
     let method = req.method().clone();
     // The path only: the query string of a download URL holds its signature. Cut, so that a
     // huge URL cannot flood the log.
@@ -238,10 +252,30 @@ pub async fn envelope(
             if let Ok(value) = HeaderValue::from_str(&id) {
                 response.headers_mut().insert(REQUEST_ID, value);
             }
-            if let Some(metrics) = &metrics {
-                let seconds = started.elapsed().as_secs_f64();
-                metrics.observe(None, &method, response.status().as_u16(), seconds);
+            if let Some(origin) = allowed_origin {
+                let headers = response.headers_mut();
+                headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+                headers.insert(
+                    header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                    HeaderValue::from_static("true"),
+                );
+                headers.insert(header::VARY, HeaderValue::from_static("Origin"));
             }
+            // No route pattern here: the request went down with the middleware that failed.
+            let seconds = started.elapsed().as_secs_f64();
+            let status = response.status().as_u16();
+            if let Some(metrics) = &metrics {
+                metrics.observe(None, &method, status, seconds);
+            }
+            tracing::info!(
+                request_id = %id,
+                %method,
+                route = "unmatched",
+                %path,
+                status,
+                elapsed_ms = format_args!("{:.1}", seconds * 1000.0),
+                "request"
+            );
             return Err(
                 actix_web::error::InternalError::from_response(err.to_string(), response).into(),
             );

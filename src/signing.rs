@@ -7,6 +7,10 @@ use sha2::Sha256;
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// The longest a URL we sign can live: the largest `--url-ttl` (7 days), plus the minute
+/// `expiry` may round up.
+const MAX_LIFETIME: i64 = 7 * 24 * 3600 + 60;
+
 /// Why a download URL was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SignatureError {
@@ -43,8 +47,6 @@ impl std::fmt::Debug for UrlSigner {
     }
 }
 
-/// The expiry for a URL made at `now`: `now + ttl` rounded up to a whole minute, so that every
-/// listing within the same minute hands out byte-identical (cacheable) URLs.
 /// The MAC of a URL's canonical string under `key`, whose id `kid` is covered too.
 fn mac_for(
     key: &HmacSha256,
@@ -66,6 +68,8 @@ fn mac_for(
     mac
 }
 
+/// The expiry for a URL made at `now`: `now + ttl` rounded up to a whole minute, so that every
+/// listing within the same minute hands out byte-identical (cacheable) URLs.
 pub fn expiry(now: i64, ttl_secs: u64) -> i64 {
     let ttl = i64::try_from(ttl_secs).unwrap_or(i64::MAX / 2);
     let at = now.saturating_add(ttl);
@@ -165,6 +169,11 @@ impl UrlSigner {
         if now >= expires {
             return Err(SignatureError::Expired { expires });
         }
+        // We never hand out a URL that lives longer than the longest TTL: one that claims to
+        // was minted with a key that leaked (a previous secret, say), and is refused.
+        if expires - now > MAX_LIFETIME {
+            return Err(SignatureError::Invalid);
+        }
         Ok(Grant { expires, download })
     }
 }
@@ -205,6 +214,10 @@ mod tests {
             current.verify(KEY, &forged, 0),
             Err(SignatureError::Invalid)
         );
+        // Not even a valid signature makes a URL live beyond the longest TTL.
+        let far = current.query(KEY, MAX_LIFETIME + 120, false);
+        assert_eq!(current.verify(KEY, &far, 0), Err(SignatureError::Invalid));
+        assert!(current.verify(KEY, &far, 120).is_ok());
     }
 
     #[test]

@@ -157,10 +157,18 @@ impl Storage {
     }
 
     /// Proves that the storage directory takes writes: a small temp file written, then removed.
+    /// Both areas count: the temp file is renamed into a shard of `objects`, as a commit would,
+    /// and removed (a leftover's name is no key, so the sweep would take it).
     pub fn probe(&self) -> io::Result<()> {
         let mut temp = self.create_temp()?;
         temp.write(b"health")?;
-        Ok(())
+        let target = self
+            .objects
+            .join("00")
+            .join(format!("health-{}", new_key()));
+        fs::rename(&temp.path, &target)?;
+        temp.path = PathBuf::new();
+        fs::remove_file(&target)
     }
 
     /// Removes an object's bytes; a missing object is not an error.

@@ -10,6 +10,7 @@ use actix_web::http::header;
 use actix_web::http::{Method, StatusCode};
 use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder, web};
 use bytes::Bytes;
+use futures_util::StreamExt;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use tokio::io::AsyncReadExt;
 use tokio_util::io::ReaderStream;
@@ -328,9 +329,7 @@ async fn download(
     if req.method() == Method::HEAD {
         return Ok(response.body(HeadBody(len)));
     }
-    let answer = body(&state, response, &row, start, len).await?;
-    state.metrics.downloaded_bytes.inc_by(len);
-    Ok(answer)
+    body(&state, response, &row, start, len).await
 }
 
 /// `If-None-Match` (or, without it, `If-Modified-Since`) says the client's copy is current.
@@ -385,11 +384,21 @@ async fn body(
     })
     .await??;
     let (file, small) = opened?;
+    let sent = state.metrics.downloaded_bytes.clone();
     match small {
-        Some(bytes) => Ok(response.body(bytes)),
+        Some(bytes) => {
+            // Handed to the connection in one write.
+            sent.inc_by(len);
+            Ok(response.body(bytes))
+        }
         None => {
             let reader = tokio::fs::File::from_std(file).take(len);
-            let stream = ReaderStream::with_capacity(reader, STREAM_CHUNK);
+            // Counted as the chunks go out, so that a client hanging up early counts less.
+            let stream = ReaderStream::with_capacity(reader, STREAM_CHUNK).inspect(move |chunk| {
+                if let Ok(chunk) = chunk {
+                    sent.inc_by(chunk.len() as u64);
+                }
+            });
             Ok(response.body(SizedStream::new(len, stream)))
         }
     }

@@ -102,3 +102,19 @@ async fn a_disabled_account_loses_its_sessions_and_cannot_log_in_until_enabled()
     assert_eq!(run.code, Some(1));
     assert!(run.stderr.contains("no user"), "{}", run.stderr);
 }
+
+#[tokio::test]
+async fn a_mistyped_storage_directory_is_refused_not_created() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let missing = dir.path().join("no-such-storage");
+    let missing = missing.to_str().unwrap_or_else(|| panic!("path"));
+    for action in [&["list"][..], &["disable", "a@example.com"][..]] {
+        let mut args = vec!["user"];
+        args.extend_from_slice(action);
+        args.extend_from_slice(&["--storage-dir", missing]);
+        let run = chatfiles_cli(&args, "").await;
+        assert_eq!(run.code, Some(1), "{action:?}");
+        assert!(run.stderr.contains("no database"), "{}", run.stderr);
+    }
+    assert!(!std::path::Path::new(missing).exists());
+}

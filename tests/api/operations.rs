@@ -69,6 +69,16 @@ async fn health_is_503_while_storage_refuses_writes_and_recovers() {
     );
     unbreak_storage(&app);
     assert_eq!(get(&app.url("/health")).await.status(), StatusCode::OK);
+
+    // The objects area counts too: a shard that cannot take a new entry.
+    let shard = app.storage_dir().join("objects").join("00");
+    std::fs::remove_dir(&shard).unwrap_or_else(|e| panic!("remove shard: {e}"));
+    std::fs::write(&shard, b"not a directory").unwrap_or_else(|e| panic!("write: {e}"));
+    let res = get(&app.url("/health")).await;
+    assert_error(res, StatusCode::SERVICE_UNAVAILABLE).await;
+    std::fs::remove_file(&shard).unwrap_or_else(|e| panic!("remove: {e}"));
+    std::fs::create_dir(&shard).unwrap_or_else(|e| panic!("mkdir: {e}"));
+    assert_eq!(get(&app.url("/health")).await.status(), StatusCode::OK);
 }
 
 #[tokio::test]
