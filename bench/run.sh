@@ -1,0 +1,542 @@
+#!/usr/bin/env bash
+# chatfiles beside nginx (secure_link) and beside a bare actix-web program, on loopback.
+#
+#   bench/run.sh                 # full run: a few minutes on 2 cores
+#   BENCH_DURATION=3s BENCH_ROUNDS=1 bench/run.sh    # quick smoke run
+#
+# Installs wrk, nginx (with http_secure_link_module), ApacheBench (apache2-utils, for the HEAD
+# row) and curl from Debian when missing, builds the release binary (default features: no fault
+# points) and the framework ceiling (`--example ceiling`, bench/ceiling.rs), starts chatfiles
+# over a fresh storage directory, seeds it through the HTTP API (bench/seed.py), starts nginx
+# over the very same object files, and drives both with the identical wrk command, alternating,
+# BENCH_ROUNDS rounds each (median reported); then a timed 100 MiB upload and cold starts
+# (bench/coldstart.py). Prints one markdown report on standard output (progress goes to
+# standard error).
+#
+# Environment: BENCH_WORKERS (default: number of CPUs), BENCH_DURATION (wrk -d, default 10s),
+# BENCH_ROUNDS (default 3), BENCH_COLD_STARTS (default 5), BENCH_KEEP=1 keeps the work dir.
+# Not part of `cargo test`.
+# shellcheck disable=SC2016 # backticks inside single quotes are markdown, not expansions
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+DURATION=${BENCH_DURATION:-10s}
+ROUNDS=${BENCH_ROUNDS:-3}
+COLD_STARTS=${BENCH_COLD_STARTS:-5}
+WORKERS=${BENCH_WORKERS:-$(nproc)}
+WRK_THREADS=2
+case $DURATION in
+*s) DURATION_SECS=${DURATION%s} ;;
+*m) DURATION_SECS=$((${DURATION%m} * 60)) ;;
+*) DURATION_SECS=$DURATION ;;
+esac
+[[ $DURATION_SECS =~ ^[1-9][0-9]*$ ]] || { echo "BENCH_DURATION: whole seconds or minutes, like 10s" >&2; exit 1; }
+RANGE_START=50000000 # inside the 100 MiB file; a 64 KiB window from here
+RANGE_END=$((RANGE_START + 65535))
+
+# Nothing of the caller's chatfiles configuration may leak into the benchmarked process.
+while read -r var; do unset "$var"; done < <(compgen -e | grep '^CHATFILES_' || true)
+
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() {
+    log "error: $*"
+    exit 1
+}
+
+# ---------------------------------------------------------------- tools
+if [ "$(id -u)" -eq 0 ]; then as_root=(); else as_root=(sudo); fi
+apt_updated=0
+apt_install() {
+    if [ "$apt_updated" -eq 0 ]; then
+        "${as_root[@]}" apt-get update -qq
+        apt_updated=1
+    fi
+    # Keep the package's init script from starting a system nginx on port 80.
+    local policy=/usr/sbin/policy-rc.d added_policy=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' | "${as_root[@]}" tee "$policy" >/dev/null
+        "${as_root[@]}" chmod 755 "$policy"
+        added_policy=1
+    fi
+    local rc=0
+    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2 || rc=$?
+    if [ "$added_policy" -eq 1 ]; then "${as_root[@]}" rm -f "$policy"; fi
+    return "$rc"
+}
+nginx_bin() { command -v nginx || { [ -x /usr/sbin/nginx ] && echo /usr/sbin/nginx; } || true; }
+# (grep reads all of nginx -V: with -q, an early exit could fail the pipe under pipefail.)
+has_secure_link() { [ -n "$(nginx_bin)" ] && "$(nginx_bin)" -V 2>&1 | grep http_secure_link_module >/dev/null; }
+
+command -v python3 >/dev/null || die "python3 is required"
+command -v cargo >/dev/null || die "cargo (the Rust toolchain) is required"
+missing=()
+command -v curl >/dev/null || missing+=(curl)
+command -v wrk >/dev/null || missing+=(wrk)
+command -v ab >/dev/null || missing+=(apache2-utils) # HEAD row: see run_ab
+has_secure_link || missing+=(nginx)
+if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing ${missing[*]}"
+    apt_install "${missing[@]}"
+fi
+if ! has_secure_link; then
+    log "this nginx lacks http_secure_link_module; installing nginx-extras"
+    apt_install nginx-extras || true
+fi
+has_secure_link || die "no nginx with http_secure_link_module"
+NGINX=$(nginx_bin)
+
+# ---------------------------------------------------------------- build
+log "building (release, default features) and the framework ceiling"
+cargo build --release --locked >&2
+cargo build --release --locked --example ceiling >&2
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+BIN=$TARGET_DIR/release/chatfiles
+CEILING=$TARGET_DIR/release/examples/ceiling
+[ -x "$BIN" ] && [ -x "$CEILING" ] || die "build products missing under $TARGET_DIR/release"
+# The `failpoints` feature compiles in the fail crate, which reads FAILPOINTS.
+if grep -qa FAILPOINTS "$BIN"; then die "$BIN carries the failpoints feature"; fi
+
+# What is measured: the commit the binary was built from, and whether the tree differed.
+commit="unknown (not a git checkout)"
+if command -v git >/dev/null && git -C "$ROOT" rev-parse --verify -q HEAD >/dev/null 2>&1; then
+    commit=$(git -C "$ROOT" rev-parse --short HEAD)
+    changed=$(git -C "$ROOT" status --porcelain -- src Cargo.toml Cargo.lock |
+        awk '{ printf "%s%s", sep, $NF; sep = ", " }')
+    if [ -n "$changed" ]; then commit+=" plus uncommitted changes in: $changed"; fi
+fi
+
+# ---------------------------------------------------------------- processes, cleanup
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/chatfiles-bench.XXXXXX")
+STORAGE=$WORK/storage
+NGX=$WORK/nginx
+mkdir -p "$WORK/wrk" "$NGX/tmp"
+CF_PID=
+NGX_PID=
+CEIL_PID=
+
+stop_pid() { # pid: SIGTERM, wait up to 10 s, then SIGKILL
+    local pid=$1 i
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for i in $(seq 100); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+cleanup() {
+    stop_pid "$CF_PID"
+    stop_pid "$NGX_PID"
+    stop_pid "$CEIL_PID"
+    if [ "${BENCH_KEEP:-0}" = 1 ]; then log "kept $WORK"; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+wait_http() { # url [pid]: until it answers anything, 30 s at most
+    local i
+    for i in $(seq 300); do
+        if [ -n "${2:-}" ] && ! kill -0 "$2" 2>/dev/null; then return 1; fi
+        if curl -s -o /dev/null --max-time 1 "$1"; then return 0; fi
+        sleep 0.1
+    done
+    return 1
+}
+
+SECRET=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
+CF_PORT=$(free_port)
+CF=http://127.0.0.1:$CF_PORT
+CF_CMD=("$BIN" --bind "127.0.0.1:$CF_PORT" --storage-dir "$STORAGE" --workers "$WORKERS"
+    --max-file-size 128MiB --user-quota 0 --url-ttl 1h)
+start_chatfiles() {
+    CHATFILES_SECRET=$SECRET RUST_LOG=warn "${CF_CMD[@]}" >>"$WORK/chatfiles.log" 2>&1 &
+    CF_PID=$!
+    wait_http "$CF/health" "$CF_PID" || {
+        tail -n 20 "$WORK/chatfiles.log" >&2
+        die "chatfiles did not start"
+    }
+}
+alive_or_die() {
+    kill -0 "$CF_PID" 2>/dev/null || {
+        tail -n 30 "$WORK/chatfiles.log" >&2
+        die "chatfiles died (pid $CF_PID); log above"
+    }
+}
+# Peak resident memory: VmHWM, whose high-water mark `echo 5 > clear_refs` resets to VmRSS.
+hwm_resettable=1
+reset_hwm() { echo 5 >"/proc/$CF_PID/clear_refs" 2>/dev/null || hwm_resettable=0; }
+status_kib() { awk -v f="$1:" '$1 == f { print $2 }' "/proc/$CF_PID/status"; }
+mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+
+log "starting chatfiles on $CF with $WORKERS workers over $STORAGE"
+start_chatfiles
+
+# ---------------------------------------------------------------- seed
+log "generating blobs and seeding through the API"
+head -c 4096 /dev/urandom >"$WORK/blob-4k.bin"
+head -c $((1024 * 1024)) /dev/urandom >"$WORK/blob-1m.bin"
+head -c $((100 * 1024 * 1024)) /dev/urandom >"$WORK/blob-100m.bin"
+NGX_PORT=$(free_port)
+NG=http://127.0.0.1:$NGX_PORT
+BENCH_NGINX_SECRET=$SECRET python3 "$ROOT/bench/seed.py" "$CF" "$WORK" "$NG"
+# shellcheck source=/dev/null
+. "$WORK/seed.env"
+
+# ---------------------------------------------------------------- nginx
+temp_paths="client_body_temp_path $NGX/tmp/body; proxy_temp_path $NGX/tmp/proxy;"
+for m in fastcgi uwsgi scgi; do
+    if ! "$NGINX" -V 2>&1 | grep -- "--without-http_${m}_module" >/dev/null; then
+        temp_paths+=" ${m}_temp_path $NGX/tmp/$m;"
+    fi
+done
+if [ "$(id -u)" -eq 0 ]; then ngx_user="user root;"; else ngx_user=""; fi
+cat >"$NGX/nginx.conf" <<EOF
+$ngx_user
+worker_processes $WORKERS;
+daemon off;
+pid $NGX/nginx.pid;
+error_log $NGX/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    sendfile on;
+    # tcp_nopush stays off (nginx's default): on, it stalls some 206 answers by a delayed ACK
+    # (40 ms), which would only make nginx's p99 look worse than nginx can do.
+    keepalive_requests 1000000;
+    default_type application/octet-stream;
+    $temp_paths
+    server {
+        listen 127.0.0.1:$NGX_PORT;
+        # /files/<key> -> <storage>/objects/<key[0..2]>/<key>, the files chatfiles wrote.
+        location ~ "^/files/(?<shard>[0-9a-f]{2})(?<rest>[0-9a-f]{30})\$" {
+            secure_link \$arg_md5,\$arg_expires;
+            secure_link_md5 "\$secure_link_expires\$uri $SECRET";
+            if (\$secure_link = "") { return 403; }
+            if (\$secure_link = "0") { return 410; }
+            alias $STORAGE/objects/\$shard/\$shard\$rest;
+        }
+        location / { return 404; }
+    }
+}
+EOF
+"$NGINX" -t -q -p "$NGX/" -e "$NGX/error.log" -c "$NGX/nginx.conf" >&2 || die "nginx configuration refused"
+"$NGINX" -p "$NGX/" -e "$NGX/error.log" -c "$NGX/nginx.conf" >&2 &
+NGX_PID=$!
+wait_http "$NG/" "$NGX_PID" || die "nginx did not start: $(tail -n 5 "$NGX/error.log")"
+
+# ---------------------------------------------------------------- ceiling
+CEIL_PORT=$(free_port)
+CEIL=http://127.0.0.1:$CEIL_PORT
+CEILING_BODY=$WORK/list-100.json CEILING_BIND=127.0.0.1:$CEIL_PORT CEILING_WORKERS=$WORKERS \
+    "$CEILING" 2>>"$WORK/ceiling.log" &
+CEIL_PID=$!
+wait_http "$CEIL/" "$CEIL_PID" || die "the ceiling program did not start"
+
+# ---------------------------------------------------------------- sanity
+log "checking that both servers serve the same bytes"
+code() { curl -s -o /dev/null -w '%{http_code}' "$@"; }
+expect_code() { # expected description curl-args...
+    local want=$1 what=$2 got
+    shift 2
+    got=$(code "$@")
+    [ "$got" = "$want" ] || die "$what: expected $want, got $got"
+}
+for label in 4K 1M; do
+    cf_url=BENCH_CF_URL_$label ngx_url=BENCH_NGX_URL_$label
+    want=$(sha256sum <"$WORK/blob-${label,,}.bin")
+    [ "$(curl -s "${!cf_url}" | sha256sum)" = "$want" ] || die "chatfiles $label bytes differ"
+    [ "$(curl -s "${!ngx_url}" | sha256sum)" = "$want" ] || die "nginx $label bytes differ"
+done
+range=(-H "Range: bytes=$RANGE_START-$RANGE_END")
+want=$(dd if="$WORK/blob-100m.bin" iflag=skip_bytes,count_bytes skip="$RANGE_START" count=65536 \
+    status=none | sha256sum)
+[ "$(curl -s "${range[@]}" "$BENCH_CF_URL_100M" | sha256sum)" = "$want" ] || die "chatfiles range bytes differ"
+[ "$(curl -s "${range[@]}" "$BENCH_NGX_URL_100M" | sha256sum)" = "$want" ] || die "nginx range bytes differ"
+expect_code 206 "chatfiles range" "${range[@]}" "$BENCH_CF_URL_100M"
+expect_code 206 "nginx range" "${range[@]}" "$BENCH_NGX_URL_100M"
+expect_code 200 "chatfiles HEAD" -I "$BENCH_CF_URL_4K"
+expect_code 200 "nginx HEAD" -I "$BENCH_NGX_URL_4K"
+expect_code 403 "nginx with a wrong signature" "${BENCH_NGX_URL_4K/md5=/md5=x}"
+expect_code 410 "nginx with an expired URL" "$BENCH_NGX_URL_EXPIRED"
+expect_code 403 "chatfiles with a wrong signature" "${BENCH_CF_URL_4K/signature=/signature=x}"
+cmp -s "$WORK/list-100.json" <(curl -s "$CEIL$BENCH_LIST_100") || die "the ceiling serves other bytes"
+for n in 10 100 1000; do
+    p=BENCH_LIST_$n
+    expect_code 200 "list $n" -H "Cookie: $BENCH_COOKIE" "$CF${!p}"
+done
+
+# ---------------------------------------------------------------- wrk
+# run_wrk name url conns [wrk args...]: one round; appends "rps p99_ms non2xx errors" to
+# $WORK/res/<name> and keeps wrk's output.
+mkdir -p "$WORK/res"
+raw_log=$WORK/raw.md
+run_wrk() {
+    local name=$1 url=$2 conns=$3 out round
+    shift 3
+    round=1
+    if [ -f "$WORK/res/$name" ]; then round=$(($(wc -l <"$WORK/res/$name") + 1)); fi
+    out=$WORK/wrk/$name-$round.txt
+    wrk -t"$WRK_THREADS" -c"$conns" -d"$DURATION" --latency "$@" "$url" >"$out" 2>&1 ||
+        die "wrk failed: $(cat "$out")"
+    awk '
+        function ms(v) {
+            if (v ~ /us$/) return v / 1000
+            if (v ~ /ms$/) return v + 0
+            if (v ~ /m$/) return v * 60000
+            if (v ~ /s$/) return v * 1000
+            return v + 0
+        }
+        /^Requests\/sec:/ { rps = $2 }
+        /^Transfer\/sec:/ { xfer = $2 }
+        $1 == "99%" { p99 = ms($2) }
+        /Non-2xx or 3xx responses:/ { non2xx = $NF }
+        /Socket errors:/ { sub(/^ *Socket errors: */, ""); gsub(/, /, ","); gsub(/ /, "="); errs = $0 }
+        END {
+            if (rps == "") exit 1
+            printf "%s %.3f %d %s %s\n", rps, p99, non2xx + 0, (errs == "" ? "none" : errs), xfer
+        }' "$out" >>"$WORK/res/$name" || die "cannot parse wrk output $out"
+    read -r rps p99 non2xx errs xfer < <(tail -n 1 "$WORK/res/$name")
+    printf -- '- `%s` round %d: %s req/s, p99 %s ms, %s/s, non-2xx/3xx %s, socket errors %s\n' \
+        "$name" "$round" "$rps" "$p99" "$xfer" "$non2xx" "$errs" >>"$raw_log"
+    log "$name round $round: $rps req/s, p99 $p99 ms, non-2xx $non2xx, errors $errs"
+}
+# run_ab name url conns: like run_wrk, for HEAD. Debian's wrk (4.1.0) cannot do HEAD: its parser
+# waits for the body that Content-Length announces, so `wrk.method = "HEAD"` completes nothing.
+# ApacheBench (-i: HEAD, -k: keep-alive) does; two processes with half the connections each
+# stand in for wrk's two threads (req/s summed, the worse p99 kept).
+run_ab() {
+    local name=$1 url=$2 conns=$3 round i pids=()
+    round=1
+    if [ -f "$WORK/res/$name" ]; then round=$(($(wc -l <"$WORK/res/$name") + 1)); fi
+    for i in 1 2; do
+        ab -k -i -q -r -c $((conns / 2)) -t "$DURATION_SECS" -n $((400000 * DURATION_SECS)) \
+            -e "$WORK/wrk/$name-$round-$i.csv" "$url" >"$WORK/wrk/$name-$round-$i.txt" 2>&1 &
+        pids+=($!)
+    done
+    for i in 1 2; do
+        wait "${pids[i - 1]}" || die "ab failed: $(cat "$WORK/wrk/$name-$round-$i.txt")"
+    done
+    for i in 1 2; do
+        awk -F, '$1 == 99 { p99 = $2 } END { print p99 + 0 }' "$WORK/wrk/$name-$round-$i.csv"
+        awk '
+            /^Requests per second:/ { rps = $4 }
+            /^Non-2xx responses:/ { non2xx = $3 }
+            /^Failed requests:/ { failed = $3 }
+            /^Write errors:/ { write = $3 }
+            /^Transfer rate:/ { kbs = $3 }
+            END {
+                if (rps == "") exit 1
+                print rps, non2xx + 0, failed + write, kbs
+            }' "$WORK/wrk/$name-$round-$i.txt" || die "cannot parse ab output $name-$round-$i"
+    done | paste -s -d ' ' | awk '{
+        # p99 rps non2xx errors kbs, twice
+        rps = $2 + $7; p99 = ($1 > $6) ? $1 : $6; errs = $4 + $9
+        printf "%.2f %.3f %d %s %.2fMB\n", rps, p99, $3 + $8, (errs ? "failed=" errs : "none"), ($5 + $10) / 1024
+    }' >>"$WORK/res/$name"
+    read -r rps p99 non2xx errs xfer < <(tail -n 1 "$WORK/res/$name")
+    printf -- '- `%s` round %d (ab): %s req/s, p99 %s ms, %s/s, non-2xx %s, errors %s\n' \
+        "$name" "$round" "$rps" "$p99" "$xfer" "$non2xx" "$errs" >>"$raw_log"
+    log "$name round $round (ab): $rps req/s, p99 $p99 ms, non-2xx $non2xx, errors $errs"
+}
+median_col() { # name column
+    awk -v c="$2" '{ print $c }' "$WORK/res/$1" | sort -g |
+        awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+sum_col() { awk -v c="$2" '{ s += $c } END { print s + 0 }' "$WORK/res/$1"; }
+errors_of() { awk '$4 != "none" && $4 !~ /^connect=0,read=0,write=0,timeout=0$/' "$WORK/res/$1" | wc -l; }
+
+# rounds tool name_a url_a name_b url_b conns [wrk args]: alternate a and b, ROUNDS times; b may
+# be empty. Peak RSS of chatfiles (a) over these rounds goes to $WORK/res/<name_a>.rss (KiB).
+rounds() {
+    local tool=$1 a=$2 url_a=$3 b=$4 url_b=$5 conns=$6 i
+    shift 6
+    reset_hwm
+    for i in $(seq "$ROUNDS"); do
+        "$tool" "$a" "$url_a" "$conns" "$@"
+        alive_or_die
+        if [ -n "$b" ]; then "$tool" "$b" "$url_b" "$conns" "$@"; fi
+    done
+    status_kib VmHWM >"$WORK/res/$a.rss"
+}
+
+cookie=(-H "Cookie: $BENCH_COOKIE")
+echo "## Rounds" >"$raw_log"
+# Download rows first, so that their peak RSS holds what seeding left, not the list rows' too.
+download_base_kib=$(status_kib VmRSS)
+log "download rows, alternating chatfiles and nginx (wrk -d$DURATION, $ROUNDS rounds each)"
+rounds run_wrk dl4k "$BENCH_CF_URL_4K" dl4k-nginx "$BENCH_NGX_URL_4K" 64
+rounds run_wrk dl1m "$BENCH_CF_URL_1M" dl1m-nginx "$BENCH_NGX_URL_1M" 16
+rounds run_wrk range "$BENCH_CF_URL_100M" range-nginx "$BENCH_NGX_URL_100M" 64 "${range[@]}"
+rounds run_ab head "$BENCH_CF_URL_4K" head-nginx "$BENCH_NGX_URL_4K" 64
+download_peak_kib=$(cat "$WORK/res/"{dl4k,dl1m,range,head}.rss | sort -n | tail -n 1)
+log "list rows"
+rounds run_wrk list100 "$CF$BENCH_LIST_100" ceiling "$CEIL$BENCH_LIST_100" 64 "${cookie[@]}"
+rounds run_wrk list10 "$CF$BENCH_LIST_10" "" "" 64 "${cookie[@]}"
+rounds run_wrk list1000 "$CF$BENCH_LIST_1000" "" "" 64 "${cookie[@]}"
+
+# ---------------------------------------------------------------- upload
+# On a freshly started process (same storage), warmed by one small upload: memory that the
+# load rows left in the allocator would otherwise hide what an upload needs.
+log "100 MiB uploads ($ROUNDS), after a restart"
+stop_pid "$CF_PID"
+start_chatfiles
+upload() { # file -> "status seconds"
+    curl -s -o "$WORK/upload.json" -w '%{http_code} %{time_total}' "${cookie[@]}" \
+        -F "file=@$1;type=application/octet-stream" "$CF$BENCH_UPLOAD_PATH"
+}
+read -r status _ <<<"$(upload "$WORK/blob-4k.bin")"
+[ "$status" = 201 ] || die "warm-up upload answered $status: $(head -c 300 "$WORK/upload.json")"
+: >"$WORK/res/upload"
+for i in $(seq "$ROUNDS"); do
+    before=$(status_kib VmRSS)
+    reset_hwm
+    read -r status secs <<<"$(upload "$WORK/blob-100m.bin")"
+    peak=$(status_kib VmHWM)
+    alive_or_die
+    [ "$status" = 201 ] || die "upload answered $status: $(head -c 300 "$WORK/upload.json")"
+    python3 -c 'import json, sys; sys.exit(json.load(open(sys.argv[1]))["chatFiles"][0]["size"] != 104857600)' \
+        "$WORK/upload.json" || die "the upload stored another size: $(head -c 300 "$WORK/upload.json")"
+    echo "$secs $before $peak $((peak - before))" >>"$WORK/res/upload"
+    printf -- '- `upload` %d: %.2f s, RSS %s MiB before, peak %s MiB during\n' \
+        "$i" "$secs" "$(mib "$before")" "$(mib "$peak")" >>"$raw_log"
+    log "upload $i: $secs s, RSS $(mib "$before") -> peak $(mib "$peak") MiB"
+done
+upload_secs=$(awk -v v="$(median_col upload 1)" 'BEGIN { printf "%.2f", v }')
+upload_growth_kib=$(awk '{ print $4 }' "$WORK/res/upload" | sort -n | tail -n 1)
+upload_peak_kib=$(awk '{ print $3 }' "$WORK/res/upload" | sort -n | tail -n 1)
+
+# ---------------------------------------------------------------- cold start
+log "cold start to first 200 ($COLD_STARTS starts)"
+warn_lines=$(grep -cE '\b(WARN|ERROR)\b' "$WORK/chatfiles.log" || true)
+stop_pid "$CF_PID"
+CF_PID=
+cold=$(CHATFILES_SECRET=$SECRET RUST_LOG=warn python3 "$ROOT/bench/coldstart.py" \
+    "$COLD_STARTS" 127.0.0.1 "$CF_PORT" "$WORK/chatfiles.log" -- "${CF_CMD[@]}") ||
+    die "cold start measurement failed: $cold"
+cold_ms=$(sed -n 's/^median_ms=//p' <<<"$cold")
+sed -n 's/^start \(.*\)/- `cold start` \1/p' <<<"$cold" >>"$raw_log"
+
+# ---------------------------------------------------------------- report
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+fmt_rps() { awk -v v="$1" 'BEGIN { printf "%.0f", v }'; }
+fmt_ms() { awk -v v="$1" 'BEGIN { if (v < 10) printf "%.2f ms", v; else printf "%.1f ms", v }'; }
+verdict() { awk -v v="$1" -v op="$2" -v t="$3" 'BEGIN {
+    ok = (op == ">=") ? (v >= t) : (v <= t); print (ok ? "PASS" : "FAIL") }'; }
+
+row() { # label name peer [note for the ratio column when there is no peer]
+    local label=$1 a=$2 b=$3 rps p99 prps pp99
+    rps=$(median_col "$a" 1) p99=$(median_col "$a" 2)
+    if [ -n "$b" ]; then
+        prps=$(median_col "$b" 1) pp99=$(median_col "$b" 2)
+        printf '| %s | %s | %s | %s | %s | %s× | %s MiB |\n' "$label" "$(fmt_rps "$rps")" \
+            "$(fmt_ms "$p99")" "$(fmt_rps "$prps")" "$(fmt_ms "$pp99")" "$(ratio "$rps" "$prps")" \
+            "$(mib "$(cat "$WORK/res/$a.rss")")"
+    else
+        printf '| %s | %s | %s | — | — | %s | %s MiB |\n' "$label" "$(fmt_rps "$rps")" \
+            "$(fmt_ms "$p99")" "${4:-—}" "$(mib "$(cat "$WORK/res/$a.rss")")"
+    fi
+}
+
+list_ratio=$(ratio "$(median_col list100 1)" "$(median_col ceiling 1)")
+cost_1000=$(ratio "$(median_col list100 1)" "$(median_col list1000 1)")
+cost_10=$(ratio "$(median_col list100 1)" "$(median_col list10 1)")
+dl4k_ratio=$(ratio "$(median_col dl4k 1)" "$(median_col dl4k-nginx 1)")
+dl1m_ratio=$(ratio "$(median_col dl1m 1)" "$(median_col dl1m-nginx 1)")
+peak_mib=$(mib "$download_peak_kib")
+growth_mib=$(mib "$upload_growth_kib")
+
+cpu=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+mem=$(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
+cat <<EOF
+## Results
+
+wrk -t$WRK_THREADS -d$DURATION --latency on loopback (HEAD: two \`ab -k -i\` processes instead, as
+Debian's wrk cannot complete HEAD requests); chatfiles and its peer alternate, $ROUNDS rounds
+each, medians shown. chatfiles runs $WORKERS workers, nginx $WORKERS worker processes
+(sendfile on, access_log off), the ceiling $WORKERS workers. The ratio is chatfiles/peer in
+req/s (for the 1 MiB row that is also the throughput ratio). Peak RSS is chatfiles' VmHWM over
+the row's rounds.
+
+| work | chatfiles req/s | chatfiles p99 | peer req/s | peer p99 | ratio | chatfiles peak RSS |
+|---|---|---|---|---|---|---|
+EOF
+row "list 10 files, 64 conns" list10 "" "cost ×$cost_10 of list 100 per request"
+row "list 100 files, 64 conns (peer: framework ceiling)" list100 ceiling
+row "list 1,000 files, 64 conns" list1000 "" "1,000/100 cost ratio ×$cost_1000"
+row "signed download 4 KiB, 64 conns (peer: nginx)" dl4k dl4k-nginx
+row "signed download 1 MiB, 16 conns (peer: nginx)" dl1m dl1m-nginx
+row "Range 64 KiB inside 100 MiB, 64 conns (peer: nginx)" range range-nginx
+row "HEAD 4 KiB, 64 conns (peer: nginx; ab -k -i ×2, not wrk)" head head-nginx
+printf '| upload 100 MiB (curl, multipart; median of %s) | %s s | — | — | — | — | +%s MiB RSS (peak %s MiB) |\n' \
+    "$ROUNDS" "$upload_secs" "$growth_mib" "$(mib "$upload_peak_kib")"
+printf '| cold start to first 200 (median of %s) | %s ms | — | — | — | — | — |\n' "$COLD_STARTS" "$cold_ms"
+
+cat <<EOF
+
+Peak RSS over all download rows: $peak_mib MiB (RSS when they began, after seeding:
+$(mib "$download_base_kib") MiB). The upload row runs on a freshly restarted process.
+
+## Goals (issue 5)
+
+| goal | measured | verdict |
+|---|---|---|
+| signed 4 KiB download ≥ 1.0× nginx secure_link req/s | ${dl4k_ratio}× | $(verdict "$dl4k_ratio" ">=" 1.0) |
+| signed 1 MiB download ≥ 0.9× nginx throughput | ${dl1m_ratio}× | $(verdict "$dl1m_ratio" ">=" 0.9) |
+| list of 100 files ≥ 0.5× the framework ceiling | ${list_ratio}× | $(verdict "$list_ratio" ">=" 0.5) |
+| 1,000 files cost ≤ 12× 100 files | ${cost_1000}× | $(verdict "$cost_1000" "<=" 12) |
+| peak RSS ≤ 64 MiB during the download rows | $peak_mib MiB | $(verdict "$peak_mib" "<=" 64) |
+| a 100 MiB upload raises RSS by ≤ 16 MiB | +$growth_mib MiB | $(verdict "$growth_mib" "<=" 16) |
+| cold start to first 200 ≤ 100 ms | $cold_ms ms | $(verdict "$cold_ms" "<=" 100) |
+
+## Anomalies
+
+EOF
+anomalies=0
+for f in "$WORK"/res/*; do
+    case $f in *.rss | */upload) continue ;; esac
+    name=$(basename "$f")
+    n=$(sum_col "$name" 3)
+    e=$(errors_of "$name")
+    if [ "$n" -gt 0 ]; then
+        echo "- \`$name\`: $n non-2xx/3xx responses over its rounds"
+        anomalies=1
+    fi
+    if [ "$e" -gt 0 ]; then
+        echo "- \`$name\`: socket errors in $e round(s) (see Rounds)"
+        anomalies=1
+    fi
+done
+if [ "$warn_lines" -gt 0 ]; then
+    echo "- chatfiles logged $warn_lines warning/error line(s) during the load rows; first ones:"
+    echo
+    echo '```'
+    grep -E '\b(WARN|ERROR)\b' "$WORK/chatfiles.log" | awk 'NR <= 5 { print substr($0, 1, 300) }'
+    echo '```'
+    anomalies=1
+fi
+if [ "$hwm_resettable" -eq 0 ]; then
+    echo "- /proc/<pid>/clear_refs was not writable: peak RSS figures are lifetime peaks"
+    anomalies=1
+fi
+if [ "$anomalies" -eq 0 ]; then echo "None: no non-2xx/3xx responses, no socket errors, no warnings logged."; fi
+
+cat <<EOF
+
+## Machine
+
+- CPU: $cpu, $(nproc) cores
+- RAM: $mem
+- kernel: $(uname -sr)
+- date: $(date -u '+%Y-%m-%d %H:%M UTC')
+- chatfiles commit: $commit
+- $(rustc --version), $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), $(wrk --version 2>&1 | awk 'NR == 1 { print "wrk " $2 }')
+- server and wrk share the machine's cores (loopback)
+
+EOF
+cat "$raw_log"
