@@ -4,6 +4,8 @@
 
 /// `chatfiles user ...`: account administration on the database.
 pub mod admin;
+/// Object rows and small objects kept in memory for the download path.
+pub mod cache;
 /// `chatfiles check`: stored bytes verified against the database.
 pub mod check;
 /// Where "now" comes from (system or hand-driven).

@@ -18,6 +18,7 @@ use anyhow::Context;
 use ipnet::IpNet;
 use tokio::sync::Semaphore;
 
+use crate::cache::ObjectCache;
 use crate::clock::Clock;
 use crate::config::{Config, Signup, public_base};
 use crate::db::{self, Db};
@@ -64,6 +65,8 @@ pub struct AppState {
     pub body_timeout: Duration,
     pub signup_open: bool,
     pub metrics: Arc<Metrics>,
+    /// Rows and small objects the download path keeps in memory.
+    pub objects: ObjectCache,
     pub login_throttle: LoginThrottle,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpNet>,
@@ -114,6 +117,8 @@ impl AppState {
             let Some(keys) = state.db.write(f).await? else {
                 return Ok(None);
             };
+            // Before the answer: from now on, the keys' signed URLs find nothing.
+            state.objects.forget(&keys);
             state.remove_objects(keys).await;
             Ok(Some(()))
         })
@@ -270,6 +275,7 @@ impl Application {
             body_timeout: config.body_timeout,
             signup_open: config.signup == Signup::Open,
             metrics: Arc::new(Metrics::new().context("cannot set up metrics")?),
+            objects: ObjectCache::default(),
             login_throttle: LoginThrottle::default(),
             trusted_proxies: config.trusted_proxies.clone(),
             uploads_in_flight: Arc::default(),

@@ -15,6 +15,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use tokio::io::AsyncReadExt;
 use tokio_util::io::ReaderStream;
 
+use crate::cache::MAX_CACHED_OBJECT;
 use crate::clock::rfc3339;
 use crate::db::{self, FileRow};
 use crate::error::AppError;
@@ -26,8 +27,8 @@ use crate::startup::AppState;
 use crate::storage;
 
 /// Bodies up to this size are read in one go; larger ones are streamed.
-const SMALL_BODY: u64 = 64 * 1024;
-const STREAM_CHUNK: usize = 64 * 1024;
+const SMALL_BODY: u64 = 1024 * 1024;
+const STREAM_CHUNK: usize = 256 * 1024;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -276,12 +277,20 @@ async fn download(
     if !storage::is_valid_key(&key) {
         return Err(AppError::NotFound("File not found"));
     }
-    let lookup_key = key.clone();
-    let row = state
-        .db
-        .run(move |conn| db::find_object(conn, &lookup_key))
-        .await?
-        .ok_or(AppError::NotFound("File not found"))?;
+    // Noted before anything is read, so that nothing read from before a delete is kept.
+    let mark = state.objects.mark();
+    let row = match state.objects.row(&key) {
+        Some(row) => row,
+        None => {
+            let lookup_key = key.clone();
+            let row = state
+                .db
+                .run(move |conn| db::find_object(conn, &lookup_key))
+                .await?
+                .ok_or(AppError::NotFound("File not found"))?;
+            state.objects.insert_row(row, mark)
+        }
+    };
 
     let etag = format!("\"{}\"", row.sha256);
     let last_modified = http_date(row.created_at);
@@ -329,6 +338,12 @@ async fn download(
     if req.method() == Method::HEAD {
         return Ok(response.body(HeadBody(len)));
     }
+    if row.size <= MAX_CACHED_OBJECT {
+        let whole = small_object(&state, &row, mark).await?;
+        let range = usize::try_from(start).unwrap_or(0)..usize::try_from(start + len).unwrap_or(0);
+        state.metrics.downloaded_bytes.inc_by(len);
+        return Ok(response.body(whole.slice(range)));
+    }
     body(&state, response, &row, start, len).await
 }
 
@@ -341,6 +356,36 @@ fn not_modified(req: &HttpRequest, etag: &str, created_at: i64) -> bool {
         .and_then(|v| httpdate::parse_http_date(v).ok())
         .and_then(|since| since.duration_since(std::time::UNIX_EPOCH).ok())
         .is_some_and(|since| i64::try_from(since.as_secs()).unwrap_or(i64::MAX) >= created_at)
+}
+
+/// A small object's bytes, from memory, or read whole (and kept) on first use.
+async fn small_object(state: &AppState, row: &FileRow, mark: u64) -> Result<Bytes, AppError> {
+    if let Some(bytes) = state.objects.body(&row.object_key) {
+        return Ok(bytes);
+    }
+    let path = state
+        .storage
+        .object_path(&row.object_key)
+        .ok_or(AppError::NotFound("File not found"))?;
+    let expected = row.size;
+    let read = web::block(move || match std::fs::read(&path) {
+        Ok(bytes) if bytes.len() as u64 == expected => Ok(Bytes::from(bytes)),
+        Ok(bytes) => Err(AppError::Internal(anyhow::anyhow!(
+            "object {} is {} bytes on disk, {expected} in the database",
+            path.display(),
+            bytes.len()
+        ))),
+        // Deleted between the lookup and now.
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            Err(AppError::NotFound("File not found"))
+        }
+        Err(err) => Err(err.into()),
+    })
+    .await??;
+    state
+        .objects
+        .insert_body(&row.object_key, read.clone(), mark);
+    Ok(read)
 }
 
 /// An open object, and its requested bytes when they are few enough to read at once.

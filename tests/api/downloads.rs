@@ -462,6 +462,48 @@ async fn a_deleted_files_valid_url_is_not_found() {
 }
 
 #[tokio::test]
+async fn a_file_downloaded_before_its_delete_is_gone_at_once_after_it() {
+    // The download path keeps rows and small objects in memory: a delete must reach them.
+    let app = TestApp::spawn().await;
+    let user = app.user().await;
+    let chat = app.chat(&user, "hot then deleted").await;
+    let files = app
+        .upload_ok(
+            &user,
+            chat,
+            &[
+                ("small.txt", "text/plain", b"small and hot"),
+                ("other.txt", "text/plain", b"in the same chat"),
+            ],
+        )
+        .await;
+    let (small, other) = (url_of(&files[0]), url_of(&files[1]));
+    for _ in 0..3 {
+        assert_eq!(get(&small).await.status(), StatusCode::OK);
+        assert_eq!(get(&other).await.status(), StatusCode::OK);
+    }
+    let id = files[0]["id"].as_i64().unwrap_or_default();
+    let res = user
+        .client
+        .delete(app.url(&format!("/api/users/{}/chats/{chat}/files/{id}", user.id)))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    assert_error(get(&small).await, StatusCode::NOT_FOUND).await;
+    assert_eq!(get(&other).await.status(), StatusCode::OK);
+    // Deleting the whole chat reaches its remaining files too.
+    let res = user
+        .client
+        .delete(app.url(&format!("/api/users/{}/chats/{chat}", user.id)))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    assert_error(get(&other).await, StatusCode::NOT_FOUND).await;
+}
+
+#[tokio::test]
 async fn other_methods_on_a_file_are_405_allowing_get_and_head() {
     let app = TestApp::spawn().await;
     let user = app.user().await;
