@@ -2,7 +2,7 @@
 
 use std::sync::Mutex;
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Datelike, Duration, Timelike, Utc};
 
 /// A source of the current time, passed to everything whose result depends on it.
 pub trait Clock: Send + Sync + 'static {
@@ -59,11 +59,39 @@ impl Clock for ManualClock {
 }
 
 /// RFC 3339 in UTC to the second with a `Z`, as the contract writes every timestamp.
+///
+/// Written by hand rather than through a format string: a listing formats one per file.
 pub fn rfc3339(unix: i64) -> String {
-    DateTime::<Utc>::from_timestamp(unix, 0)
-        .unwrap_or_default()
-        .format("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
+    let at = DateTime::<Utc>::from_timestamp(unix, 0).unwrap_or_default();
+    let year = at.year();
+    if !(0..=9999).contains(&year) {
+        return at.format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    }
+    let mut out = [0u8; 20];
+    let mut put = |at: usize, value: u32, width: usize| {
+        let mut value = value;
+        for i in (0..width).rev() {
+            out[at + i] = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    };
+    put(0, year.unsigned_abs(), 4);
+    put(5, at.month(), 2);
+    put(8, at.day(), 2);
+    put(11, at.hour(), 2);
+    put(14, at.minute(), 2);
+    put(17, at.second(), 2);
+    for (index, separator) in [
+        (4, b'-'),
+        (7, b'-'),
+        (10, b'T'),
+        (13, b':'),
+        (16, b':'),
+        (19, b'Z'),
+    ] {
+        out[index] = separator;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -73,6 +101,11 @@ mod tests {
     #[test]
     fn timestamps_are_seconds_with_z() {
         assert_eq!(rfc3339(1_710_928_800), "2024-03-20T10:00:00Z");
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_868_799), "2000-02-29T23:59:59Z");
+        assert_eq!(rfc3339(253_402_300_799), "9999-12-31T23:59:59Z");
+        // Outside four-digit years the general formatter takes over.
+        assert_eq!(rfc3339(253_402_300_800), "+10000-01-01T00:00:00Z");
     }
 
     #[test]

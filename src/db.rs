@@ -673,18 +673,20 @@ pub struct SessionOwner {
 
 /// A live session's serialized state: not expired, and not from before its user's last
 /// session epoch.
+/// Also returns when the session expires.
 pub fn load_session(
     conn: &Connection,
     id_hash: &str,
     now: i64,
-) -> Result<Option<String>, AppError> {
+) -> Result<Option<(String, i64)>, AppError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT s.state FROM session s LEFT JOIN neptun_user u ON u.id = s.neptun_user_id
+        "SELECT s.state, s.expires_at FROM session s
+         LEFT JOIN neptun_user u ON u.id = s.neptun_user_id
          WHERE s.id_hash = ?1 AND s.expires_at > ?2
            AND (s.neptun_user_id IS NULL OR u.session_epoch = s.user_epoch)",
     )?;
     Ok(stmt
-        .query_row(params![id_hash, now], |r| r.get(0))
+        .query_row(params![id_hash, now], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?)
 }
 
@@ -809,7 +811,10 @@ mod tests {
         assert_eq!(version, SCHEMA_VERSION);
         let login = find_login_by_email(&conn, "old@example.com")?;
         assert_eq!(login.map(|l| l.session_epoch), Some(0));
-        assert_eq!(load_session(&conn, "abc", 50)?, Some("{}".to_owned()));
+        assert_eq!(
+            load_session(&conn, "abc", 50)?.map(|(state, _)| state),
+            Some("{}".to_owned())
+        );
         // Migrating again is a no-op.
         migrate(&mut conn)?;
         Ok(())
@@ -835,10 +840,16 @@ mod tests {
             epoch,
         };
         insert_session(&conn, "fresh", after, "{}", 1000)?;
-        assert_eq!(load_session(&conn, "fresh", 10)?, Some("{}".to_owned()));
+        assert_eq!(
+            load_session(&conn, "fresh", 10)?,
+            Some(("{}".to_owned(), 1000))
+        );
         // Anonymous sessions have no epoch to go stale.
         insert_session(&conn, "anon", SessionOwner::default(), "{}", 1000)?;
-        assert_eq!(load_session(&conn, "anon", 10)?, Some("{}".to_owned()));
+        assert_eq!(
+            load_session(&conn, "anon", 10)?,
+            Some(("{}".to_owned(), 1000))
+        );
         Ok(())
     }
 }

@@ -4,6 +4,8 @@
 //! state lives in the `session` table under the id's SHA-256.
 
 use std::collections::HashMap;
+
+use parking_lot::Mutex;
 use std::future::{Ready, ready};
 use std::sync::Arc;
 
@@ -35,11 +37,22 @@ const EPOCH: &str = "epoch";
 pub struct SqliteSessionStore {
     db: Db,
     clock: Arc<dyn Clock>,
+    /// When each session loaded by a request under way expires, so that extending it at the
+    /// end of the request needs no second read.
+    loaded: Arc<Mutex<HashMap<String, i64>>>,
 }
+
+/// Loaded sessions remembered at once; beyond that the memo starts over (a request whose entry
+/// is gone just reads the expiry again).
+const LOADED_MEMO: usize = 10_000;
 
 impl SqliteSessionStore {
     pub fn new(db: Db, clock: Arc<dyn Clock>) -> Self {
-        Self { db, clock }
+        Self {
+            db,
+            clock,
+            loaded: Arc::default(),
+        }
     }
 
     fn expiry(&self, ttl: &Duration) -> (i64, i64) {
@@ -89,14 +102,25 @@ impl SessionStore for SqliteSessionStore {
     ) -> Result<Option<HashMap<String, String>>, LoadError> {
         let hash = id_hash(session_key);
         let now = self.clock.unix();
-        let state = self
+        let lookup = hash.clone();
+        let found = self
             .db
-            .run(move |conn| db::load_session(conn, &hash, now))
+            .run(move |conn| db::load_session(conn, &lookup, now))
             .await
             .map_err(|e| LoadError::Other(to_anyhow(e)))?;
-        state
-            .map(|s| serde_json::from_str(&s).map_err(|e| LoadError::Deserialization(e.into())))
-            .transpose()
+        let Some((state, expires_at)) = found else {
+            return Ok(None);
+        };
+        {
+            let mut loaded = self.loaded.lock();
+            if loaded.len() >= LOADED_MEMO {
+                loaded.clear();
+            }
+            loaded.insert(hash, expires_at);
+        }
+        serde_json::from_str(&state)
+            .map(Some)
+            .map_err(|e| LoadError::Deserialization(e.into()))
     }
 
     async fn save(
@@ -125,6 +149,7 @@ impl SessionStore for SqliteSessionStore {
         let body =
             serde_json::to_string(&state).map_err(|e| UpdateError::Serialization(e.into()))?;
         let hash = id_hash(&session_key);
+        self.loaded.lock().remove(&hash);
         let owner = owner_of(&state);
         let (now, expires) = self.expiry(ttl);
         let updated = self
@@ -152,12 +177,17 @@ impl SessionStore for SqliteSessionStore {
         let slack = (ttl.whole_seconds() / 10).clamp(0, 60);
         // Decided on a read first: even an UPDATE that matches nothing takes SQLite's write
         // lock, and reads must not queue behind uploads for it.
-        let lookup = hash.clone();
-        let due = self
-            .db
-            .run(move |conn| db::session_expiry(conn, &lookup, now))
-            .await
-            .map(|current| current.is_some_and(|at| at < expires - slack));
+        let remembered = self.loaded.lock().remove(&hash);
+        let current = match remembered {
+            Some(at) => Ok(Some(at)),
+            None => {
+                let lookup = hash.clone();
+                self.db
+                    .run(move |conn| db::session_expiry(conn, &lookup, now))
+                    .await
+            }
+        };
+        let due = current.map(|current| current.is_some_and(|at| at < expires - slack));
         // Never queued behind uploads: when the database is busy, a later request extends it.
         let touched = match due {
             Ok(true) => self
@@ -177,6 +207,7 @@ impl SessionStore for SqliteSessionStore {
 
     async fn delete(&self, session_key: &SessionKey) -> Result<(), anyhow::Error> {
         let hash = id_hash(session_key);
+        self.loaded.lock().remove(&hash);
         self.db
             .write(move |conn| db::delete_session(conn, &hash))
             .await
