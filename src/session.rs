@@ -4,8 +4,6 @@
 //! state lives in the `session` table under the id's SHA-256.
 
 use std::collections::HashMap;
-
-use parking_lot::Mutex;
 use std::future::{Ready, ready};
 use std::sync::Arc;
 
@@ -20,6 +18,7 @@ use actix_web::middleware::Next;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use parking_lot::Mutex;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
