@@ -62,7 +62,7 @@ pub struct ChatResponse {
     get,
     path = "/api/users/{user_id}/chats",
     tag = "chats",
-    params(("user_id" = i64, Path, minimum = 1, description = "The session's own user id")),
+    params(UserPath),
     security(("neptun_session" = [])),
     responses(
         (status = 200, description = "The chats", body = ChatsResponse),
@@ -86,7 +86,7 @@ async fn list_chats(state: web::Data<AppState>, path: UserPath) -> Result<HttpRe
     post,
     path = "/api/users/{user_id}/chats",
     tag = "chats",
-    params(("user_id" = i64, Path, minimum = 1, description = "The session's own user id")),
+    params(UserPath),
     request_body = NewChat,
     security(("neptun_session" = [])),
     responses(
@@ -147,8 +147,7 @@ async fn create_chat(
     path = "/api/users/{user_id}/chats/{chat_id}",
     tag = "chats",
     params(
-        ("user_id" = i64, Path, minimum = 1, description = "The session's own user id"),
-        ("chat_id" = i64, Path, minimum = 1, description = "The chat"),
+        ChatPath,
     ),
     security(("neptun_session" = [])),
     responses(

@@ -63,8 +63,7 @@ pub struct UploadForm {
     path = "/api/users/{user_id}/chats/{chat_id}/files",
     tag = "files",
     params(
-        ("user_id" = i64, Path, minimum = 1, description = "The session's own user id"),
-        ("chat_id" = i64, Path, minimum = 1, description = "The chat"),
+        ChatPath,
     ),
     security(("neptun_session" = [])),
     responses(
@@ -103,8 +102,7 @@ async fn list_chat_files(
     path = "/api/users/{user_id}/chats/{chat_id}/files",
     tag = "files",
     params(
-        ("user_id" = i64, Path, minimum = 1, description = "The session's own user id"),
-        ("chat_id" = i64, Path, minimum = 1, description = "The chat"),
+        ChatPath,
     ),
     request_body(content = UploadForm, content_type = "multipart/form-data"),
     security(("neptun_session" = [])),
@@ -208,9 +206,7 @@ async fn not_found(state: &AppState, path: FilePath) -> AppError {
     path = "/api/users/{user_id}/chats/{chat_id}/files/{file_id}",
     tag = "files",
     params(
-        ("user_id" = i64, Path, minimum = 1, description = "The session's own user id"),
-        ("chat_id" = i64, Path, minimum = 1, description = "The chat"),
-        ("file_id" = i64, Path, minimum = 1, description = "The file"),
+        FilePath,
         ("download" = Option<String>, Query, example = "1",
             description = "`1` (or `true`): the URL is for an attachment download; anything \
                 else is ignored"),
@@ -251,9 +247,7 @@ async fn get_chat_file(
     path = "/api/users/{user_id}/chats/{chat_id}/files/{file_id}",
     tag = "files",
     params(
-        ("user_id" = i64, Path, minimum = 1, description = "The session's own user id"),
-        ("chat_id" = i64, Path, minimum = 1, description = "The chat"),
-        ("file_id" = i64, Path, minimum = 1, description = "The file"),
+        FilePath,
     ),
     security(("neptun_session" = [])),
     responses(

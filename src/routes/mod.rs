@@ -13,6 +13,7 @@ use std::future::{Ready, ready};
 use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpRequest, Route, web};
 use serde::Serialize;
+use utoipa::IntoParams;
 
 use crate::clock::rfc3339;
 use crate::db::FileRow;
@@ -47,24 +48,41 @@ fn owned_ids<const N: usize>(
     Ok(ids)
 }
 
+// The structs document their path parameters too (`params(ChatPath)` in the OpenAPI paths).
+
 /// `/api/users/{user_id}` of the logged-in user.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, IntoParams)]
+#[into_params(parameter_in = Path)]
 pub struct UserPath {
+    /// The session's own user id
+    #[param(minimum = 1)]
     pub user_id: i64,
 }
 
 /// `/api/users/{user_id}/chats/{chat_id}` of the logged-in user (the chat itself unchecked).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, IntoParams)]
+#[into_params(parameter_in = Path)]
 pub struct ChatPath {
+    /// The session's own user id
+    #[param(minimum = 1)]
     pub user_id: i64,
+    /// The chat
+    #[param(minimum = 1)]
     pub chat_id: i64,
 }
 
 /// `/api/users/{user_id}/chats/{chat_id}/files/{file_id}` of the logged-in user.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, IntoParams)]
+#[into_params(parameter_in = Path)]
 pub struct FilePath {
+    /// The session's own user id
+    #[param(minimum = 1)]
     pub user_id: i64,
+    /// The chat
+    #[param(minimum = 1)]
     pub chat_id: i64,
+    /// The file
+    #[param(minimum = 1)]
     pub file_id: i64,
 }
 
