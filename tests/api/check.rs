@@ -5,50 +5,17 @@ use std::path::Path;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::{TestApp, TestUser};
-
-/// What one run of the binary gave.
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn lines(&self) -> Vec<&str> {
-        self.stdout.lines().collect()
-    }
-
-    fn last_line(&self) -> &str {
-        self.stdout.lines().next_back().unwrap_or_default()
-    }
-
-    fn assert_has(&self, line: &str) {
-        assert!(
-            self.lines().contains(&line),
-            "no {line:?} in:\n{}",
-            self.stdout
-        );
-    }
-}
+use crate::helpers::{CliRun, TestApp, TestUser, chatfiles_cli};
 
 /// `chatfiles check [args] --storage-dir <dir>`, with the database at its default place.
-async fn check(storage_dir: &Path, args: &[&str]) -> Run {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatfiles"))
-        .arg("check")
-        .args(args)
-        .arg("--storage-dir")
-        .arg(storage_dir)
-        .env_remove("CHATFILES_DATABASE")
-        .env_remove("CHATFILES_STORAGE_DIR")
-        .output()
-        .await
-        .unwrap_or_else(|e| panic!("cannot run chatfiles check: {e}"));
-    Run {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+async fn check(storage_dir: &Path, args: &[&str]) -> CliRun {
+    let dir = storage_dir
+        .to_str()
+        .unwrap_or_else(|| panic!("storage path is not UTF-8"));
+    let mut all = vec!["check"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--storage-dir", dir]);
+    chatfiles_cli(&all, "").await
 }
 
 /// A stored file: its id and object key (the last segment of its signed URL's path).

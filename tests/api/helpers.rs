@@ -302,6 +302,25 @@ pub struct CliRun {
     pub stderr: String,
 }
 
+impl CliRun {
+    pub fn lines(&self) -> Vec<&str> {
+        self.stdout.lines().collect()
+    }
+
+    pub fn last_line(&self) -> &str {
+        self.stdout.lines().next_back().unwrap_or_default()
+    }
+
+    /// Asserts that standard output has exactly this line.
+    pub fn assert_has(&self, line: &str) {
+        assert!(
+            self.lines().contains(&line),
+            "no {line:?} in:\n{}",
+            self.stdout
+        );
+    }
+}
+
 /// Runs the real `chatfiles` binary with `args`, feeding it `stdin`; no `CHATFILES_*` variable
 /// of the test's own environment leaks in.
 pub async fn chatfiles_cli(args: &[&str], stdin: &str) -> CliRun {

@@ -16,7 +16,7 @@ async fn get(url: &str) -> reqwest::Response {
 }
 
 /// Moves the temp area aside and puts a plain file in its place, so that no upload (and no
-/// health probe) can create a file there; returns a closure-free way back via `unbreak`.
+/// health probe) can create a file there; `unbreak_storage` puts it back.
 fn break_storage(app: &TestApp) {
     let tmp = app.storage_dir().join("tmp");
     std::fs::rename(&tmp, app.storage_dir().join("tmp.aside"))
