@@ -9,7 +9,9 @@ use anyhow::{Context, bail};
 use crate::clock::{Clock, SystemClock, rfc3339};
 use crate::config::{Config, UserAction};
 use crate::db::{self, Db};
+use crate::revocations::{self, Revocations};
 use crate::routes::auth::{check_new_password, hash_password, is_valid_email, normalize_email};
+use crate::session::REVALIDATE_AFTER;
 
 /// Runs one `chatfiles user` action; 0 on success, 1 when it was refused, 2 when it could not
 /// run.
@@ -89,9 +91,16 @@ pub fn run(config: &Config, action: UserAction, input: &mut dyn BufRead) -> anyh
             let (id, ended) = db::set_disabled(&mut conn, &email, Some(now))
                 .map_err(|e| anyhow::anyhow!("{e}"))?
                 .with_context(|| format!("no user {email}"))?;
-            Ok(format!(
-                "disabled user {id} {email}; ended {ended} session(s)"
-            ))
+            let mut report = format!("disabled user {id} {email}; ended {ended} session(s)");
+            // Tells a running service to stop using the sessions it remembers.
+            if let Err(err) = Revocations::open(&path).map(|r| r.bump()) {
+                report.push_str(&format!(
+                    "\nwarning: cannot reach a running service through {} ({err}): it may \
+                     accept those sessions for up to {REVALIDATE_AFTER} s more",
+                    revocations::path_for(&path).display()
+                ));
+            }
+            Ok(report)
         }
         UserAction::Enable { email } => {
             let email = normalize_email(&email);

@@ -4,7 +4,7 @@
 
 /// `chatfiles user ...`: account administration on the database.
 pub mod admin;
-/// Object rows and small objects kept in memory for the download path.
+/// What the download and listing paths keep in memory.
 pub mod cache;
 /// `chatfiles check`: stored bytes verified against the database.
 pub mod check;
@@ -20,6 +20,8 @@ pub mod error;
 pub mod metrics;
 /// Request id, error reshaping and the per-request log line.
 pub mod middleware;
+/// The cross-process counter of sessions ended behind the service's back.
+pub mod revocations;
 /// HTTP handlers, one module per concern.
 pub mod routes;
 /// The master secret and the keys derived from it.

@@ -1,7 +1,9 @@
 //! Login sessions: an actix-session store backed by SQLite, and the typed extractors handlers use.
 //!
 //! The cookie carries only an opaque random id (256 bits, signed with the session key); the
-//! state lives in the `session` table under the id's SHA-256.
+//! state lives in the `session` table under the id's SHA-256. Sessions read lately are
+//! remembered ([`SessionCache`]), so that most requests do not need the database to know who
+//! sent them.
 
 use std::collections::HashMap;
 use std::future::{Ready, ready};
@@ -18,45 +20,99 @@ use actix_web::middleware::Next;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use parking_lot::Mutex;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
+use crate::cache::Memo;
 use crate::clock::Clock;
 use crate::db::{self, Db, SessionOwner};
 use crate::error::AppError;
 use crate::middleware::{Shed, note_shed};
+use crate::revocations::Revocations;
 use crate::startup::SESSION_COOKIE;
 
 const USER_ID: &str = "user_id";
 const EPOCH: &str = "epoch";
+
+/// A session as last read from the database.
+#[derive(Clone)]
+struct Remembered {
+    state: Arc<HashMap<String, String>>,
+    expires_at: i64,
+    /// When it was read (clock seconds).
+    read_at: i64,
+    /// The revocation count before it was read.
+    revocations: u64,
+}
+
+/// Sessions remembered at once; beyond that the memory starts over.
+const REMEMBERED: usize = 10_000;
+
+/// A remembered session is read again after this many seconds, so that even a change made to
+/// the database by hand (not through `chatfiles`) takes effect within that time.
+pub const REVALIDATE_AFTER: i64 = 30;
+
+/// The sessions the service has read lately, so that most requests need no database read to
+/// know who sent them.
+///
+/// A remembered session is used only while it has not expired, was read less than
+/// [`REVALIDATE_AFTER`] ago, and nothing has ended sessions since (the shared [`Revocations`]
+/// count is unchanged). The service's own updates and deletes forget it before they answer.
+pub struct SessionCache {
+    memo: Memo<String, Remembered>,
+    revocations: Revocations,
+}
+
+impl SessionCache {
+    pub fn new(revocations: Revocations) -> Self {
+        Self {
+            memo: Memo::counted(REMEMBERED),
+            revocations,
+        }
+    }
+
+    /// The remembered session, if it may still be used at `now`.
+    fn fresh(&self, hash: &str, now: i64) -> Option<Remembered> {
+        let revocations = self.revocations.count();
+        self.memo.get(hash).filter(|r| {
+            r.revocations == revocations
+                && r.expires_at > now
+                && now.saturating_sub(r.read_at) < REVALIDATE_AFTER
+        })
+    }
+
+    /// Call after sessions were ended in the database other than through the store (a
+    /// password change ends a user's other sessions): none remembered is used again.
+    pub fn revoked(&self) {
+        self.revocations.bump();
+    }
+}
 
 /// Keeps actix-session's state in the `session` table.
 #[derive(Clone)]
 pub struct SqliteSessionStore {
     db: Db,
     clock: Arc<dyn Clock>,
-    /// When each session loaded by a request under way expires, so that extending it at the
-    /// end of the request needs no second read.
-    loaded: Arc<Mutex<HashMap<String, i64>>>,
+    sessions: Arc<SessionCache>,
 }
 
-/// Loaded sessions remembered at once; beyond that the memo starts over (a request whose entry
-/// is gone just reads the expiry again).
-const LOADED_MEMO: usize = 10_000;
-
 impl SqliteSessionStore {
-    pub fn new(db: Db, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(db: Db, clock: Arc<dyn Clock>, sessions: Arc<SessionCache>) -> Self {
         Self {
             db,
             clock,
-            loaded: Arc::default(),
+            sessions,
         }
     }
 
     fn expiry(&self, ttl: &Duration) -> (i64, i64) {
         let now = self.clock.unix();
         (now, now.saturating_add(ttl.whole_seconds()))
+    }
+
+    /// Forgets a session whose row was just changed or deleted.
+    fn forget(&self, hash: &str) {
+        self.sessions.memo.forget([hash]);
     }
 }
 
@@ -101,6 +157,13 @@ impl SessionStore for SqliteSessionStore {
     ) -> Result<Option<HashMap<String, String>>, LoadError> {
         let hash = id_hash(session_key);
         let now = self.clock.unix();
+        if let Some(remembered) = self.sessions.fresh(&hash, now) {
+            return Ok(Some(remembered.state.as_ref().clone()));
+        }
+        // Noted before the read: a session read from before an update, a delete or a
+        // revocation is not remembered.
+        let mark = self.sessions.memo.mark();
+        let revocations = self.sessions.revocations.count();
         let lookup = hash.clone();
         let found = self
             .db
@@ -110,16 +173,16 @@ impl SessionStore for SqliteSessionStore {
         let Some((state, expires_at)) = found else {
             return Ok(None);
         };
-        {
-            let mut loaded = self.loaded.lock();
-            if loaded.len() >= LOADED_MEMO {
-                loaded.clear();
-            }
-            loaded.insert(hash, expires_at);
-        }
-        serde_json::from_str(&state)
-            .map(Some)
-            .map_err(|e| LoadError::Deserialization(e.into()))
+        let state: HashMap<String, String> =
+            serde_json::from_str(&state).map_err(|e| LoadError::Deserialization(e.into()))?;
+        let remembered = Remembered {
+            state: Arc::new(state.clone()),
+            expires_at,
+            read_at: now,
+            revocations,
+        };
+        self.sessions.memo.insert(hash, remembered, mark);
+        Ok(Some(state))
     }
 
     async fn save(
@@ -148,14 +211,15 @@ impl SessionStore for SqliteSessionStore {
         let body =
             serde_json::to_string(&state).map_err(|e| UpdateError::Serialization(e.into()))?;
         let hash = id_hash(&session_key);
-        self.loaded.lock().remove(&hash);
         let owner = owner_of(&state);
         let (now, expires) = self.expiry(ttl);
+        let lookup = hash.clone();
         let updated = self
             .db
-            .write(move |conn| db::update_session(conn, &hash, owner, &body, expires, now))
-            .await
-            .map_err(|e| UpdateError::Other(to_anyhow(e)))?;
+            .write(move |conn| db::update_session(conn, &lookup, owner, &body, expires, now))
+            .await;
+        self.forget(&hash);
+        let updated = updated.map_err(|e| UpdateError::Other(to_anyhow(e)))?;
         if !updated {
             // The session ended while the request ran (logout elsewhere, expiry). Writing the
             // state under a new id would log the user back in: leave it dead.
@@ -176,9 +240,9 @@ impl SessionStore for SqliteSessionStore {
         let slack = (ttl.whole_seconds() / 10).clamp(0, 60);
         // Decided on a read first: even an UPDATE that matches nothing takes SQLite's write
         // lock, and reads must not queue behind uploads for it.
-        let remembered = self.loaded.lock().remove(&hash);
+        let remembered = self.sessions.fresh(&hash, now);
         let current = match remembered {
-            Some(at) => Ok(Some(at)),
+            Some(remembered) => Ok(Some(remembered.expires_at)),
             None => {
                 let lookup = hash.clone();
                 self.db
@@ -189,11 +253,19 @@ impl SessionStore for SqliteSessionStore {
         let due = current.map(|current| current.is_some_and(|at| at < expires - slack));
         // Never queued behind uploads: when the database is busy, a later request extends it.
         let touched = match due {
-            Ok(true) => self
-                .db
-                .try_write(move |conn| db::touch_session(conn, &hash, expires, now, slack))
-                .await
-                .map(|_| ()),
+            Ok(true) => {
+                let lookup = hash.clone();
+                let touched = self
+                    .db
+                    .try_write(move |conn| db::touch_session(conn, &lookup, expires, now, slack))
+                    .await;
+                if touched.is_ok() {
+                    self.sessions
+                        .memo
+                        .update(hash.as_str(), |r| r.expires_at = r.expires_at.max(expires));
+                }
+                touched.map(|_| ())
+            }
             other => other.map(|_| ()),
         };
         // A missed extension only shortens the session a little; failing the request for it
@@ -206,11 +278,13 @@ impl SessionStore for SqliteSessionStore {
 
     async fn delete(&self, session_key: &SessionKey) -> Result<(), anyhow::Error> {
         let hash = id_hash(session_key);
-        self.loaded.lock().remove(&hash);
-        self.db
-            .write(move |conn| db::delete_session(conn, &hash))
-            .await
-            .map_err(to_anyhow)
+        let lookup = hash.clone();
+        let deleted = self
+            .db
+            .write(move |conn| db::delete_session(conn, &lookup))
+            .await;
+        self.forget(&hash);
+        deleted.map_err(to_anyhow)
     }
 }
 

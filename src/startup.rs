@@ -18,7 +18,7 @@ use anyhow::Context;
 use ipnet::IpNet;
 use tokio::sync::Semaphore;
 
-use crate::cache::ObjectCache;
+use crate::cache::{ListingCache, ObjectCache};
 use crate::clock::Clock;
 use crate::config::{Config, Signup, public_base};
 use crate::db::{self, Db};
@@ -27,10 +27,11 @@ use crate::metrics::{self, Metrics};
 use crate::middleware::{
     REQUEST_ID, envelope, json_error, not_found, only_matched_cors, query_error, refuse_cross_site,
 };
+use crate::revocations::{self, Revocations};
 use crate::routes;
 use crate::routes::upload::InFlight;
 use crate::secrets::{KeyRing, load_key_ring};
-use crate::session::{CookieKeys, SqliteSessionStore, adopt_previous_cookies};
+use crate::session::{CookieKeys, SessionCache, SqliteSessionStore, adopt_previous_cookies};
 use crate::signing::UrlSigner;
 use crate::storage::{Storage, StorageLock};
 use crate::throttle::LoginThrottle;
@@ -67,6 +68,10 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Rows and small objects the download path keeps in memory.
     pub objects: ObjectCache,
+    /// Chats' recent listings.
+    pub listings: ListingCache,
+    /// Sessions read lately (shared with the session store).
+    pub sessions: Arc<SessionCache>,
     pub login_throttle: LoginThrottle,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpNet>,
@@ -105,6 +110,7 @@ impl AppState {
     /// behind.
     pub async fn delete_with_objects<F>(
         state: &web::Data<Self>,
+        chat_id: i64,
         f: F,
     ) -> Result<Option<()>, AppError>
     where
@@ -114,10 +120,13 @@ impl AppState {
     {
         let state = state.clone();
         to_completion(async move {
-            let Some(keys) = state.db.write(f).await? else {
+            let deleted = state.db.write(f).await;
+            // Before the answer: from now on, the chat's listing is read afresh, and the keys'
+            // signed URLs find nothing.
+            state.listings.forget(chat_id);
+            let Some(keys) = deleted? else {
                 return Ok(None);
             };
-            // Before the answer: from now on, the keys' signed URLs find nothing.
             state.objects.forget(&keys);
             state.remove_objects(keys).await;
             Ok(Some(()))
@@ -233,6 +242,13 @@ impl Application {
         let workers = config.worker_count();
         let pool_size = u32::try_from(workers * 2 + 2).unwrap_or(32).clamp(4, 32);
         let db = Db::open(&config.database_path(), pool_size)?;
+        let revocations = Revocations::open(&config.database_path()).with_context(|| {
+            format!(
+                "cannot map {}",
+                revocations::path_for(&config.database_path()).display()
+            )
+        })?;
+        let sessions = Arc::new(SessionCache::new(revocations));
         {
             let conn = db.get().map_err(|e| anyhow::anyhow!("{e}"))?;
             let referenced = db::all_object_keys(&conn).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -276,12 +292,14 @@ impl Application {
             signup_open: config.signup == Signup::Open,
             metrics: Arc::new(Metrics::new().context("cannot set up metrics")?),
             objects: ObjectCache::default(),
+            listings: ListingCache::default(),
+            sessions: sessions.clone(),
             login_throttle: LoginThrottle::default(),
             trusted_proxies: config.trusted_proxies.clone(),
             uploads_in_flight: Arc::default(),
             hashers: Arc::new(Semaphore::new(workers.max(2))),
         });
-        let store = SqliteSessionStore::new(db.clone(), clock.clone());
+        let store = SqliteSessionStore::new(db.clone(), clock.clone(), sessions);
         let session_key = keys.session;
         let cookie_keys = web::Data::new(CookieKeys {
             current: session_key.clone(),

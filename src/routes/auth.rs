@@ -402,6 +402,8 @@ async fn change_password(
         .db
         .write(move |conn| db::change_password(conn, user.id, &hash, now))
         .await?;
+    // The other sessions' rows are gone: none of them may be used from memory either.
+    state.sessions.revoked();
     tracing::info!(
         user_id = user.id,
         sessions_ended = ended,

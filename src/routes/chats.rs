@@ -163,7 +163,7 @@ async fn create_chat(
     )
 )]
 async fn delete_chat(state: web::Data<AppState>, path: ChatPath) -> Result<HttpResponse, AppError> {
-    AppState::delete_with_objects(&state, move |conn| {
+    AppState::delete_with_objects(&state, path.chat_id, move |conn| {
         db::delete_chat(conn, path.user_id, path.chat_id)
     })
     .await?

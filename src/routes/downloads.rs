@@ -15,7 +15,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use tokio::io::AsyncReadExt;
 use tokio_util::io::ReaderStream;
 
-use crate::cache::MAX_CACHED_OBJECT;
+use crate::cache::{MAX_CACHED_OBJECT, ObjectMark};
 use crate::clock::rfc3339;
 use crate::db::{self, FileRow};
 use crate::error::AppError;
@@ -359,7 +359,11 @@ fn not_modified(req: &HttpRequest, etag: &str, created_at: i64) -> bool {
 }
 
 /// A small object's bytes, from memory, or read whole (and kept) on first use.
-async fn small_object(state: &AppState, row: &FileRow, mark: u64) -> Result<Bytes, AppError> {
+async fn small_object(
+    state: &AppState,
+    row: &FileRow,
+    mark: ObjectMark,
+) -> Result<Bytes, AppError> {
     if let Some(bytes) = state.objects.body(&row.object_key) {
         return Ok(bytes);
     }

@@ -1,10 +1,13 @@
 //! A chat's files: the seed listing, uploads, one file, deletes
 //! (`/api/users/{user_id}/chats/{chat_id}/files`).
 
+use actix_web::http::header::ContentType;
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::cache::Listing;
 use crate::db;
 use crate::error::AppError;
 use crate::routes::openapi::{
@@ -80,17 +83,40 @@ async fn list_chat_files(
     state: web::Data<AppState>,
     path: ChatPath,
 ) -> Result<HttpResponse, AppError> {
+    let expires = state.url_expiry();
+    let listings = &state.listings;
+    if let Some(body) = listings.get(path.chat_id, path.user_id, expires) {
+        return Ok(json_bytes(body));
+    }
+    // Noted before the read, so that a listing read from before an upload or delete is not kept.
+    let mark = listings.mark();
     let rows = state
         .db
         .run(move |conn| db::list_files(conn, path.user_id, path.chat_id))
         .await?
         .ok_or(AppError::NotFound("Chat not found"))?;
-    let expires = state.url_expiry();
     let files: Vec<_> = rows
         .into_iter()
         .map(|row| state.chat_file(row, expires, false))
         .collect();
-    Ok(HttpResponse::Ok().json(GetChatFilesResponse { chat_files: files }))
+    let body = Bytes::from(
+        serde_json::to_vec(&GetChatFilesResponse { chat_files: files })
+            .map_err(|e| AppError::Internal(e.into()))?,
+    );
+    let listing = Listing {
+        user_id: path.user_id,
+        expires,
+        body: body.clone(),
+    };
+    listings.insert(path.chat_id, listing, mark);
+    Ok(json_bytes(body))
+}
+
+/// A 200 carrying JSON that is already serialised.
+fn json_bytes(body: Bytes) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(ContentType::json())
+        .body(body)
 }
 
 /// Upload files to a chat
@@ -267,7 +293,7 @@ async fn delete_chat_file(
     path: FilePath,
 ) -> Result<HttpResponse, AppError> {
     let now = state.clock.unix();
-    let deleted = AppState::delete_with_objects(&state, move |conn| {
+    let deleted = AppState::delete_with_objects(&state, path.chat_id, move |conn| {
         let key = db::delete_file(conn, path.user_id, path.chat_id, path.file_id, now)?;
         Ok(key.map(|key| vec![key]))
     })

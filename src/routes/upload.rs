@@ -533,6 +533,8 @@ pub async fn store_uploads(
             .db
             .write(move |conn| db::insert_files(conn, user_id, chat_id, &files, now, quota))
             .await;
+        // Whatever came of it, before the answer: the next listing reads the chat afresh.
+        state.listings.forget(chat_id);
         match inserted {
             Ok(Inserted::Rows(rows)) => {
                 state

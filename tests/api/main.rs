@@ -3,6 +3,7 @@
 mod admin;
 mod auth;
 mod browser;
+mod caching;
 mod chats;
 mod check;
 mod downloads;
