@@ -20,10 +20,12 @@ use crate::db::FileRow;
 
 /// Rows kept before the map starts over.
 const MAX_ROWS: usize = 100_000;
-/// Objects up to this size are kept whole in memory once downloaded.
-pub const MAX_CACHED_OBJECT: u64 = 64 * 1024;
+/// Objects up to this size are kept whole in memory once downloaded (the bytes a download
+/// reads whole anyway: keeping them costs no extra read, and the next download of the same
+/// object needs neither a blocking-pool trip nor a copy from the page cache).
+pub const MAX_CACHED_OBJECT: u64 = 1024 * 1024;
 /// Bytes of small objects kept before that map starts over.
-const BODY_BUDGET: usize = 8 * 1024 * 1024;
+const BODY_BUDGET: usize = 16 * 1024 * 1024;
 
 /// A bounded map filled by lookups that may race the changes that empty it.
 ///
