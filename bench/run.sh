@@ -154,8 +154,8 @@ CF_PORT=$(free_port)
 CF=http://127.0.0.1:$CF_PORT
 CF_CMD=("$BIN" --bind "127.0.0.1:$CF_PORT" --storage-dir "$STORAGE" --workers "$WORKERS"
     --max-file-size 128MiB --user-quota 0 --url-ttl 1h)
-start_chatfiles() {
-    CHATFILES_SECRET=$SECRET RUST_LOG=warn "${CF_CMD[@]}" >>"$WORK/chatfiles.log" 2>&1 &
+start_chatfiles() { # [extra flags]
+    CHATFILES_SECRET=$SECRET RUST_LOG=warn "${CF_CMD[@]}" "$@" >>"$WORK/chatfiles.log" 2>&1 &
     CF_PID=$!
     wait_http "$CF/health" "$CF_PID" || {
         tail -n 20 "$WORK/chatfiles.log" >&2
@@ -379,6 +379,13 @@ log "list rows"
 rounds run_wrk list100 "$CF$BENCH_LIST_100" ceiling "$CEIL$BENCH_LIST_100" 64 "${cookie[@]}"
 rounds run_wrk list10 "$CF$BENCH_LIST_10" "" "" 64 "${cookie[@]}"
 rounds run_wrk list1000 "$CF$BENCH_LIST_1000" "" "" 64 "${cookie[@]}"
+# The same lists with nothing kept in memory between requests (--memory-cache 0): what the
+# first listing of a chat in each minute costs. Sessions are still remembered.
+log "list rows without the memory cache, after a restart"
+stop_pid "$CF_PID"
+start_chatfiles --memory-cache 0
+rounds run_wrk list100-uncached "$CF$BENCH_LIST_100" "" "" 64 "${cookie[@]}"
+rounds run_wrk list1000-uncached "$CF$BENCH_LIST_1000" "" "" 64 "${cookie[@]}"
 
 # ---------------------------------------------------------------- upload
 # On a freshly started process (same storage), warmed by one small upload: memory that the
@@ -446,6 +453,8 @@ row() { # label name peer [note for the ratio column when there is no peer]
 list_ratio=$(ratio "$(median_col list100 1)" "$(median_col ceiling 1)")
 cost_1000=$(ratio "$(median_col list100 1)" "$(median_col list1000 1)")
 cost_10=$(ratio "$(median_col list100 1)" "$(median_col list10 1)")
+uncached_ratio=$(ratio "$(median_col list100-uncached 1)" "$(median_col ceiling 1)")
+uncached_cost_1000=$(ratio "$(median_col list100-uncached 1)" "$(median_col list1000-uncached 1)")
 dl4k_ratio=$(ratio "$(median_col dl4k 1)" "$(median_col dl4k-nginx 1)")
 dl1m_ratio=$(ratio "$(median_col dl1m 1)" "$(median_col dl1m-nginx 1)")
 peak_mib=$(mib "$download_peak_kib")
@@ -469,6 +478,8 @@ EOF
 row "list 10 files, 64 conns" list10 "" "cost ×$cost_10 of list 100 per request"
 row "list 100 files, 64 conns (peer: framework ceiling)" list100 ceiling
 row "list 1,000 files, 64 conns" list1000 "" "1,000/100 cost ratio ×$cost_1000"
+row "list 100 files, --memory-cache 0, 64 conns" list100-uncached "" "×$uncached_ratio of the ceiling"
+row "list 1,000 files, --memory-cache 0, 64 conns" list1000-uncached "" "1,000/100 cost ratio ×$uncached_cost_1000"
 row "signed download 4 KiB, 64 conns (peer: nginx)" dl4k dl4k-nginx
 row "signed download 1 MiB, 16 conns (peer: nginx)" dl1m dl1m-nginx
 row "Range 64 KiB inside 100 MiB, 64 conns (peer: nginx)" range range-nginx

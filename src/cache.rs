@@ -18,14 +18,36 @@ use parking_lot::RwLock;
 
 use crate::db::FileRow;
 
-/// Rows kept before the map starts over.
-const MAX_ROWS: usize = 100_000;
 /// Objects up to this size are kept whole in memory once downloaded (the bytes a download
 /// reads whole anyway: keeping them costs no extra read, and the next download of the same
 /// object needs neither a blocking-pool trip nor a copy from the page cache).
 pub const MAX_CACHED_OBJECT: u64 = 1024 * 1024;
-/// Bytes of small objects kept before that map starts over.
-const BODY_BUDGET: usize = 16 * 1024 * 1024;
+
+/// How `--memory-cache` is shared out: an eighth for object rows, five eighths for objects'
+/// bytes, a quarter for chat listings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheBudget {
+    pub rows: usize,
+    pub bodies: usize,
+    pub listings: usize,
+}
+
+impl CacheBudget {
+    pub fn split(total: u64) -> Self {
+        let total = usize::try_from(total).unwrap_or(usize::MAX);
+        Self {
+            rows: total / 8,
+            bodies: total / 8 * 5,
+            listings: total / 4,
+        }
+    }
+}
+
+/// Roughly what a kept row costs: its strings (the key twice, as the map's key too) and the
+/// fixed parts.
+fn row_weight(row: &Arc<FileRow>) -> usize {
+    2 * row.object_key.len() + row.name.len() + row.mime.len() + row.sha256.len() + 160
+}
 
 /// A bounded map filled by lookups that may race the changes that empty it.
 ///
@@ -152,16 +174,14 @@ pub struct ObjectCache {
     bodies: Memo<String, Bytes>,
 }
 
-impl Default for ObjectCache {
-    fn default() -> Self {
+impl ObjectCache {
+    pub fn new(budget: CacheBudget) -> Self {
         Self {
-            rows: Memo::counted(MAX_ROWS),
-            bodies: Memo::new(BODY_BUDGET, Bytes::len),
+            rows: Memo::new(budget.rows, row_weight),
+            bodies: Memo::new(budget.bodies, Bytes::len),
         }
     }
-}
 
-impl ObjectCache {
     /// The mark to pass to the `insert_*` calls of a lookup that starts now.
     pub fn mark(&self) -> ObjectMark {
         ObjectMark {
@@ -211,20 +231,16 @@ pub struct Listing {
     pub body: Bytes,
 }
 
-/// Bytes of listings kept before the map starts over; a listing over an eighth of it (some
-/// 3,000 files) is never kept.
-const LISTING_BUDGET: usize = 8 * 1024 * 1024;
-
 /// Recent chat listings, by chat id. Uploads and deletes forget their chat before they answer.
+/// A listing over an eighth of the budget is never kept, so that one huge chat cannot keep
+/// starting the map over.
 pub struct ListingCache(Memo<i64, Arc<Listing>>);
 
-impl Default for ListingCache {
-    fn default() -> Self {
-        Self(Memo::new(LISTING_BUDGET, |listing| listing.body.len()))
-    }
-}
-
 impl ListingCache {
+    pub fn new(budget: CacheBudget) -> Self {
+        Self(Memo::new(budget.listings, |listing| listing.body.len()))
+    }
+
     pub fn mark(&self) -> u64 {
         self.0.mark()
     }
@@ -239,7 +255,7 @@ impl ListingCache {
 
     /// Keeps a listing, unless its chat changed since `mark`.
     pub fn insert(&self, chat_id: i64, listing: Listing, mark: u64) {
-        if listing.body.len() <= LISTING_BUDGET / 8 {
+        if listing.body.len() <= self.0.budget / 8 {
             self.0.insert(chat_id, Arc::new(listing), mark);
         }
     }
@@ -253,6 +269,12 @@ impl ListingCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const BUDGET: CacheBudget = CacheBudget {
+        rows: 1 << 20,
+        bodies: 8 << 20,
+        listings: 1 << 20,
+    };
 
     fn row(key: &str) -> FileRow {
         FileRow {
@@ -269,7 +291,7 @@ mod tests {
 
     #[test]
     fn a_delete_forgets_and_a_lookup_that_raced_it_stores_nothing() {
-        let cache = ObjectCache::default();
+        let cache = ObjectCache::new(BUDGET);
         let mark = cache.mark();
         cache.insert_row(row("k1"), mark);
         cache.insert_body("k1", Bytes::from_static(b"abc"), mark);
@@ -291,15 +313,35 @@ mod tests {
 
     #[test]
     fn only_small_bodies_are_kept_within_the_budget() {
-        let cache = ObjectCache::default();
+        let cache = ObjectCache::new(BUDGET);
         let big = Bytes::from(vec![0u8; MAX_CACHED_OBJECT as usize + 1]);
         cache.insert_body("big", big, cache.mark());
         assert!(cache.body("big").is_none());
         let chunk = Bytes::from(vec![0u8; MAX_CACHED_OBJECT as usize]);
-        for i in 0..(BODY_BUDGET / chunk.len() + 5) {
+        for i in 0..(BUDGET.bodies / chunk.len() + 5) {
             cache.insert_body(&format!("k{i}"), chunk.clone(), cache.mark());
         }
-        assert!(cache.bodies.weight() <= BODY_BUDGET);
+        assert!(cache.bodies.weight() <= BUDGET.bodies);
+    }
+
+    #[test]
+    fn a_zero_budget_keeps_nothing() {
+        let budget = CacheBudget::split(0);
+        let objects = ObjectCache::new(budget);
+        objects.insert_row(row("k"), objects.mark());
+        objects.insert_body("k", Bytes::from_static(b"abc"), objects.mark());
+        assert!(objects.row("k").is_none() && objects.body("k").is_none());
+        let listings = ListingCache::new(budget);
+        listings.insert(1, listing(1, 60, b"{}"), listings.mark());
+        assert!(listings.get(1, 1, 60).is_none());
+        assert_eq!(
+            CacheBudget::split(32 << 20),
+            CacheBudget {
+                rows: 4 << 20,
+                bodies: 20 << 20,
+                listings: 8 << 20
+            }
+        );
     }
 
     fn listing(user_id: i64, expires: i64, body: &'static [u8]) -> Listing {
@@ -312,7 +354,7 @@ mod tests {
 
     #[test]
     fn a_listing_is_given_only_to_its_owner_for_its_minute_and_until_its_chat_changes() {
-        let cache = ListingCache::default();
+        let cache = ListingCache::new(BUDGET);
         cache.insert(7, listing(1, 600, b"[a]"), cache.mark());
         assert_eq!(cache.get(7, 1, 600).as_deref(), Some(&b"[a]"[..]));
         assert!(cache.get(7, 2, 600).is_none(), "another user");

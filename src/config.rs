@@ -145,8 +145,13 @@ pub struct Config {
     pub workers: Option<u16>,
 
     /// Storage each user may fill, counted from stored sizes (e.g. 1GiB; 0 for no quota).
-    #[arg(long, global = true, env = "CHATFILES_USER_QUOTA", default_value = "1GiB", value_parser = parse_quota)]
+    #[arg(long, global = true, env = "CHATFILES_USER_QUOTA", default_value = "1GiB", value_parser = parse_size_or_zero)]
     pub user_quota: u64,
+
+    /// Memory for what is kept between requests: object rows and the bytes of objects up to
+    /// 1 MiB for downloads, and chat listings (e.g. 32MiB; 0 keeps none).
+    #[arg(long, global = true, env = "CHATFILES_MEMORY_CACHE", default_value = "32MiB", value_parser = parse_size_or_zero)]
+    pub memory_cache: u64,
 
     /// Proxies (IP addresses or CIDR ranges, comma-separated) whose `X-Forwarded-For` names the
     /// client address used for login throttling [default: none; the peer address is used].
@@ -242,6 +247,7 @@ impl Config {
             signup: Signup::Open,
             workers: None,
             user_quota: 1 << 30,
+            memory_cache: 32 << 20,
             trusted_proxies: Vec::new(),
             request_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
@@ -356,8 +362,8 @@ fn parse_bytes(value: &str) -> Result<u64, String> {
         .ok_or_else(|| "size too large".to_owned())
 }
 
-/// A size as [`parse_size`] reads it, or zero (`0`, `0B`, `0GiB`) for no quota.
-fn parse_quota(value: &str) -> Result<u64, String> {
+/// A size as [`parse_size`] reads it, or zero (`0`, `0B`, `0GiB`): no quota, no cache.
+fn parse_size_or_zero(value: &str) -> Result<u64, String> {
     parse_bytes(value)
 }
 
@@ -469,11 +475,11 @@ mod tests {
 
     #[test]
     fn quotas_and_proxies_parse() {
-        assert_eq!(parse_quota("0"), Ok(0));
-        assert_eq!(parse_quota("0B"), Ok(0));
-        assert_eq!(parse_quota("0 GiB"), Ok(0));
-        assert_eq!(parse_quota("1GiB"), Ok(1 << 30));
-        assert!(parse_quota("-1").is_err());
+        assert_eq!(parse_size_or_zero("0"), Ok(0));
+        assert_eq!(parse_size_or_zero("0B"), Ok(0));
+        assert_eq!(parse_size_or_zero("0 GiB"), Ok(0));
+        assert_eq!(parse_size_or_zero("1GiB"), Ok(1 << 30));
+        assert!(parse_size_or_zero("-1").is_err());
         assert_eq!(
             parse_proxy("10.0.0.0/8").map(|n| n.to_string()),
             Ok("10.0.0.0/8".to_owned())

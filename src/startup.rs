@@ -18,7 +18,7 @@ use anyhow::Context;
 use ipnet::IpNet;
 use tokio::sync::Semaphore;
 
-use crate::cache::{ListingCache, ObjectCache};
+use crate::cache::{CacheBudget, ListingCache, ObjectCache};
 use crate::clock::Clock;
 use crate::config::{Config, Signup, public_base};
 use crate::db::{self, Db};
@@ -274,6 +274,7 @@ impl Application {
         let public_base = public_base(config.public_url.as_ref(), addr);
         let secure_cookies = public_base.starts_with("https://");
 
+        let cache_budget = CacheBudget::split(config.memory_cache);
         let state = web::Data::new(AppState {
             db: db.clone(),
             storage,
@@ -291,8 +292,8 @@ impl Application {
             body_timeout: config.body_timeout,
             signup_open: config.signup == Signup::Open,
             metrics: Arc::new(Metrics::new().context("cannot set up metrics")?),
-            objects: ObjectCache::default(),
-            listings: ListingCache::default(),
+            objects: ObjectCache::new(cache_budget),
+            listings: ListingCache::new(cache_budget),
             sessions: sessions.clone(),
             login_throttle: LoginThrottle::default(),
             trusted_proxies: config.trusted_proxies.clone(),

@@ -168,3 +168,42 @@ async fn a_logout_ends_a_remembered_session_at_once_even_for_a_copied_cookie() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_error(res, StatusCode::UNAUTHORIZED).await;
 }
+
+#[tokio::test]
+async fn without_a_memory_cache_every_answer_is_read_afresh_and_the_same() {
+    let app = TestApp::spawn_with(|config| config.memory_cache = 0).await;
+    let user = app.user().await;
+    let chat = app.chat(&user, "plain").await;
+    let stored = app
+        .upload_ok(&user, chat, &[("a.txt", "text/plain", b"alpha")])
+        .await;
+    let first = listing(&app, &user, chat).await;
+    assert_eq!(names(&first), ["a.txt"]);
+    assert_eq!(listing(&app, &user, chat).await, first);
+
+    let url = stored[0]["url"].as_str().unwrap_or_default().to_owned();
+    for _ in 0..2 {
+        let res = user
+            .client
+            .get(&url)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("download: {e}"));
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(
+            res.bytes().await.unwrap_or_default().as_ref(),
+            b"alpha".as_slice()
+        );
+    }
+    let id = stored[0]["id"].as_i64().unwrap_or_default();
+    let path = format!("/api/users/{}/chats/{chat}/files/{id}", user.id);
+    assert_eq!(delete(&app, &user, &path).await, StatusCode::NO_CONTENT);
+    let res = user
+        .client
+        .get(&url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("download: {e}"));
+    assert_error(res, StatusCode::NOT_FOUND).await;
+    assert!(names(&listing(&app, &user, chat).await).is_empty());
+}
