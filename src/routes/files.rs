@@ -99,10 +99,16 @@ async fn list_chat_files(
         .into_iter()
         .map(|row| state.chat_file(row, expires, false))
         .collect();
-    let body = Bytes::from(
-        serde_json::to_vec(&GetChatFilesResponse { chat_files: files })
-            .map_err(|e| AppError::Internal(e.into()))?,
+    // Sized for the whole answer, so that it is written without a reallocation.
+    let mut body = Vec::with_capacity(
+        16 + files
+            .iter()
+            .map(|f| f.url.len() + f.name.len() + f.mime.len() + 128)
+            .sum::<usize>(),
     );
+    serde_json::to_writer(&mut body, &GetChatFilesResponse { chat_files: files })
+        .map_err(|e| AppError::Internal(e.into()))?;
+    let body = Bytes::from(body);
     let listing = Listing {
         user_id: path.user_id,
         expires,

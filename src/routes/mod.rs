@@ -165,12 +165,14 @@ pub struct ChatFile {
 impl AppState {
     /// The API view of a stored file, with a signed URL valid from now for the URL TTL.
     pub fn chat_file(&self, row: FileRow, expires: i64, download: bool) -> ChatFile {
-        let url = format!(
-            "{}/files/{}?{}",
-            self.public_base,
-            row.object_key,
-            self.signer.query(&row.object_key, expires, download)
-        );
+        // Sized for the whole URL: the query adds some 90 bytes.
+        let mut url = String::with_capacity(self.public_base.len() + row.object_key.len() + 128);
+        url.push_str(&self.public_base);
+        url.push_str("/files/");
+        url.push_str(&row.object_key);
+        url.push('?');
+        self.signer
+            .push_query(&mut url, &row.object_key, expires, download);
         ChatFile {
             id: row.id,
             chat_conversation_id: row.chat_id,
