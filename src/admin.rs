@@ -93,12 +93,15 @@ pub fn run(config: &Config, action: UserAction, input: &mut dyn BufRead) -> anyh
                 .with_context(|| format!("no user {email}"))?;
             let mut report = format!("disabled user {id} {email}; ended {ended} session(s)");
             // Tells a running service to stop using the sessions it remembers.
-            if let Err(err) = Revocations::open(&path).map(|r| r.bump()) {
-                report.push_str(&format!(
+            match Revocations::open(&path, false) {
+                Ok(counter) => counter.bump(),
+                // Without the counter's file no service has mapped it: no one to tell.
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => report.push_str(&format!(
                     "\nwarning: cannot reach a running service through {} ({err}): it may \
                      accept those sessions for up to {REVALIDATE_AFTER} s more",
                     revocations::path_for(&path).display()
-                ));
+                )),
             }
             Ok(report)
         }

@@ -18,9 +18,9 @@ use parking_lot::RwLock;
 
 use crate::db::FileRow;
 
-/// Objects up to this size are kept whole in memory once downloaded (the bytes a download
-/// reads whole anyway: keeping them costs no extra read, and the next download of the same
-/// object needs neither a blocking-pool trip nor a copy from the page cache).
+/// Objects up to this size are read whole on their first download (even for a `Range` inside
+/// them) and kept in memory, so that the next download of the same object needs neither a
+/// blocking-pool trip nor a copy from the page cache.
 pub const MAX_CACHED_OBJECT: u64 = 1024 * 1024;
 
 /// How `--memory-cache` is shared out: an eighth for object rows, five eighths for objects'

@@ -149,7 +149,8 @@ pub struct Config {
     pub user_quota: u64,
 
     /// Memory for what is kept between requests: object rows and the bytes of objects up to
-    /// 1 MiB for downloads, and chat listings (e.g. 32MiB; 0 keeps none).
+    /// 1 MiB for downloads, and chat listings (e.g. 32MiB; 0 keeps none of those; sessions are
+    /// remembered regardless).
     #[arg(long, global = true, env = "CHATFILES_MEMORY_CACHE", default_value = "32MiB", value_parser = parse_size_or_zero)]
     pub memory_cache: u64,
 

@@ -746,19 +746,21 @@ pub fn session_expiry(conn: &Connection, id_hash: &str, now: i64) -> Result<Opti
 }
 
 /// Extends a live session. Skips the write when the stored expiry is already within
-/// `slack` seconds of the new one, so that a busy client does not write on every request.
+/// `slack` seconds of the new one, so that a busy client does not write on every request. True
+/// when the expiry moved.
 pub fn touch_session(
     conn: &Connection,
     id_hash: &str,
     expires_at: i64,
     now: i64,
     slack: i64,
-) -> Result<(), AppError> {
-    conn.prepare_cached(
-        "UPDATE session SET expires_at = ?2 WHERE id_hash = ?1 AND expires_at > ?3 AND expires_at < ?2 - ?4",
-    )?
-    .execute(params![id_hash, expires_at, now, slack])?;
-    Ok(())
+) -> Result<bool, AppError> {
+    let changed = conn
+        .prepare_cached(
+            "UPDATE session SET expires_at = ?2 WHERE id_hash = ?1 AND expires_at > ?3 AND expires_at < ?2 - ?4",
+        )?
+        .execute(params![id_hash, expires_at, now, slack])?;
+    Ok(changed == 1)
 }
 
 pub fn delete_session(conn: &Connection, id_hash: &str) -> Result<(), AppError> {

@@ -42,13 +42,15 @@ pub fn path_for(database: &Path) -> PathBuf {
 }
 
 impl Revocations {
-    /// Maps the counter of `database`, creating its file (owner-only) when missing.
-    pub fn open(database: &Path) -> io::Result<Self> {
+    /// Maps the counter of `database`. The service creates its file (owner-only) when missing;
+    /// the commands do not (`create` false): without the file, no service has it mapped, and a
+    /// file they created, as root say, could keep the service from mapping it.
+    pub fn open(database: &Path, create: bool) -> io::Result<Self> {
         let path = path_for(database);
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .create(true)
+            .create(create)
             .truncate(false)
             .mode(0o600)
             .open(&path)?;
@@ -92,13 +94,16 @@ mod tests {
     fn a_bump_in_one_mapping_shows_in_another() -> io::Result<()> {
         let dir = tempfile::tempdir()?;
         let database = dir.path().join("chatfiles.db");
-        let service = Revocations::open(&database)?;
+        // The commands never create the file.
+        let missing = Revocations::open(&database, false).map(|_| ());
+        assert_eq!(missing.map_err(|e| e.kind()), Err(io::ErrorKind::NotFound));
+        let service = Revocations::open(&database, true)?;
         let before = service.count();
         // As `chatfiles user disable` does, from its own mapping of the same file.
-        Revocations::open(&database)?.bump();
+        Revocations::open(&database, false)?.bump();
         assert_eq!(service.count(), before + 1);
         // Reopening keeps the count.
-        assert_eq!(Revocations::open(&database)?.count(), before + 1);
+        assert_eq!(Revocations::open(&database, true)?.count(), before + 1);
         assert_eq!(
             path_for(&database),
             dir.path().join("chatfiles.db-sessions")

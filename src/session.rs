@@ -29,7 +29,7 @@ use crate::db::{self, Db, SessionOwner};
 use crate::error::AppError;
 use crate::middleware::{Shed, note_shed};
 use crate::revocations::Revocations;
-use crate::startup::SESSION_COOKIE;
+use crate::startup::{SESSION_COOKIE, to_completion};
 
 const USER_ID: &str = "user_id";
 const EPOCH: &str = "epoch";
@@ -58,33 +58,42 @@ pub const REVALIDATE_AFTER: i64 = 30;
 /// A remembered session is used only while it has not expired, was read less than
 /// [`REVALIDATE_AFTER`] ago, and nothing has ended sessions since (the shared [`Revocations`]
 /// count is unchanged). The service's own updates and deletes forget it before they answer.
+/// Without the shared count (its file could not be mapped) nothing is remembered.
 pub struct SessionCache {
     memo: Memo<String, Remembered>,
-    revocations: Revocations,
+    revocations: Option<Revocations>,
 }
 
 impl SessionCache {
-    pub fn new(revocations: Revocations) -> Self {
+    pub fn new(revocations: Option<Revocations>) -> Self {
         Self {
             memo: Memo::counted(REMEMBERED),
             revocations,
         }
     }
 
+    /// The revocation count, when sessions may be remembered at all.
+    fn revocations(&self) -> Option<u64> {
+        self.revocations.as_ref().map(Revocations::count)
+    }
+
     /// The remembered session, if it may still be used at `now`.
     fn fresh(&self, hash: &str, now: i64) -> Option<Remembered> {
-        let revocations = self.revocations.count();
+        let revocations = self.revocations()?;
         self.memo.get(hash).filter(|r| {
             r.revocations == revocations
                 && r.expires_at > now
-                && now.saturating_sub(r.read_at) < REVALIDATE_AFTER
+                // A clock stepped back re-reads too.
+                && (0..REVALIDATE_AFTER).contains(&now.saturating_sub(r.read_at))
         })
     }
 
     /// Call after sessions were ended in the database other than through the store (a
     /// password change ends a user's other sessions): none remembered is used again.
     pub fn revoked(&self) {
-        self.revocations.bump();
+        if let Some(revocations) = &self.revocations {
+            revocations.bump();
+        }
     }
 }
 
@@ -110,9 +119,23 @@ impl SqliteSessionStore {
         (now, now.saturating_add(ttl.whole_seconds()))
     }
 
-    /// Forgets a session whose row was just changed or deleted.
-    fn forget(&self, hash: &str) {
-        self.sessions.memo.forget([hash]);
+    /// Changes or deletes a session's row with `f`, then forgets what is remembered of it. Runs
+    /// to the end even if the request is dropped meanwhile: a row deleted (a logout) with its
+    /// memory kept would leave the session usable until it is read again.
+    async fn write_and_forget<T, F>(&self, hash: String, f: F) -> Result<T, AppError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut rusqlite::Connection, &str) -> Result<T, AppError> + Send + 'static,
+    {
+        let db = self.db.clone();
+        let sessions = self.sessions.clone();
+        to_completion(async move {
+            let lookup = hash.clone();
+            let written = db.write(move |conn| f(conn, &lookup)).await;
+            sessions.memo.forget([hash.as_str()]);
+            written
+        })
+        .await
     }
 }
 
@@ -163,7 +186,7 @@ impl SessionStore for SqliteSessionStore {
         // Noted before the read: a session read from before an update, a delete or a
         // revocation is not remembered.
         let mark = self.sessions.memo.mark();
-        let revocations = self.sessions.revocations.count();
+        let revocations = self.sessions.revocations();
         let lookup = hash.clone();
         let found = self
             .db
@@ -175,13 +198,15 @@ impl SessionStore for SqliteSessionStore {
         };
         let state: HashMap<String, String> =
             serde_json::from_str(&state).map_err(|e| LoadError::Deserialization(e.into()))?;
-        let remembered = Remembered {
-            state: Arc::new(state.clone()),
-            expires_at,
-            read_at: now,
-            revocations,
-        };
-        self.sessions.memo.insert(hash, remembered, mark);
+        if let Some(revocations) = revocations {
+            let remembered = Remembered {
+                state: Arc::new(state.clone()),
+                expires_at,
+                read_at: now,
+                revocations,
+            };
+            self.sessions.memo.insert(hash, remembered, mark);
+        }
         Ok(Some(state))
     }
 
@@ -213,13 +238,12 @@ impl SessionStore for SqliteSessionStore {
         let hash = id_hash(&session_key);
         let owner = owner_of(&state);
         let (now, expires) = self.expiry(ttl);
-        let lookup = hash.clone();
         let updated = self
-            .db
-            .write(move |conn| db::update_session(conn, &lookup, owner, &body, expires, now))
-            .await;
-        self.forget(&hash);
-        let updated = updated.map_err(|e| UpdateError::Other(to_anyhow(e)))?;
+            .write_and_forget(hash, move |conn, hash| {
+                db::update_session(conn, hash, owner, &body, expires, now)
+            })
+            .await
+            .map_err(|e| UpdateError::Other(to_anyhow(e)))?;
         if !updated {
             // The session ended while the request ran (logout elsewhere, expiry). Writing the
             // state under a new id would log the user back in: leave it dead.
@@ -259,7 +283,9 @@ impl SessionStore for SqliteSessionStore {
                     .db
                     .try_write(move |conn| db::touch_session(conn, &lookup, expires, now, slack))
                     .await;
-                if touched.is_ok() {
+                // Only an expiry that really moved is remembered (not a write skipped while
+                // the database was busy, nor one that matched no row).
+                if let Ok(Some(true)) = touched {
                     self.sessions
                         .memo
                         .update(hash.as_str(), |r| r.expires_at = r.expires_at.max(expires));
@@ -277,14 +303,11 @@ impl SessionStore for SqliteSessionStore {
     }
 
     async fn delete(&self, session_key: &SessionKey) -> Result<(), anyhow::Error> {
-        let hash = id_hash(session_key);
-        let lookup = hash.clone();
-        let deleted = self
-            .db
-            .write(move |conn| db::delete_session(conn, &lookup))
-            .await;
-        self.forget(&hash);
-        deleted.map_err(to_anyhow)
+        self.write_and_forget(id_hash(session_key), |conn, hash| {
+            db::delete_session(conn, hash)
+        })
+        .await
+        .map_err(to_anyhow)
     }
 }
 

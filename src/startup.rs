@@ -242,12 +242,16 @@ impl Application {
         let workers = config.worker_count();
         let pool_size = u32::try_from(workers * 2 + 2).unwrap_or(32).clamp(4, 32);
         let db = Db::open(&config.database_path(), pool_size)?;
-        let revocations = Revocations::open(&config.database_path()).with_context(|| {
-            format!(
-                "cannot map {}",
-                revocations::path_for(&config.database_path()).display()
-            )
-        })?;
+        let revocations = Revocations::open(&config.database_path(), true)
+            .inspect_err(|err| {
+                tracing::warn!(
+                    file = %revocations::path_for(&config.database_path()).display(),
+                    error = %err,
+                    "cannot map the session revocation counter; sessions are read from the \
+                     database on every request"
+                );
+            })
+            .ok();
         let sessions = Arc::new(SessionCache::new(revocations));
         {
             let conn = db.get().map_err(|e| anyhow::anyhow!("{e}"))?;

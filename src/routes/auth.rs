@@ -20,7 +20,7 @@ use crate::routes::openapi::{
     Unauthorized, Unavailable,
 };
 use crate::session::{self, AuthUser, LoggedUser};
-use crate::startup::AppState;
+use crate::startup::{AppState, to_completion};
 use crate::throttle::client_address;
 
 const MIN_PASSWORD_CHARS: usize = 8;
@@ -398,12 +398,18 @@ async fn change_password(
         .ok_or_else(|| AppError::Forbidden("Current password is incorrect".into()))?;
     let hash = state.hashing(move || hash_password(&password)).await??;
     let now = state.clock.unix();
-    let (epoch, ended) = state
-        .db
-        .write(move |conn| db::change_password(conn, user.id, &hash, now))
-        .await?;
-    // The other sessions' rows are gone: none of them may be used from memory either.
-    state.sessions.revoked();
+    let changing = state.clone();
+    let (epoch, ended) = to_completion(async move {
+        let changed = changing
+            .db
+            .write(move |conn| db::change_password(conn, user.id, &hash, now))
+            .await;
+        // Whatever came of it (even for a dropped request): the other sessions' rows may be
+        // gone, so none of them may be used from memory either.
+        changing.sessions.revoked();
+        changed
+    })
+    .await?;
     tracing::info!(
         user_id = user.id,
         sessions_ended = ended,

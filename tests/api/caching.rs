@@ -207,3 +207,31 @@ async fn without_a_memory_cache_every_answer_is_read_afresh_and_the_same() {
     assert_error(res, StatusCode::NOT_FOUND).await;
     assert!(names(&listing(&app, &user, chat).await).is_empty());
 }
+
+#[tokio::test]
+async fn without_the_revocation_counter_sessions_are_read_every_time_and_still_end_at_once() {
+    // Something else sits where the counter's file belongs: the service cannot map it.
+    let app = TestApp::spawn_with(|config| {
+        let counter = chatfiles::revocations::path_for(&config.database_path());
+        std::fs::create_dir_all(&counter).unwrap_or_else(|e| panic!("{e}"));
+    })
+    .await;
+    let user = app.user().await;
+    assert_eq!(check(&app, &user).await, StatusCode::OK);
+
+    let storage = app.storage_dir();
+    let storage = storage.to_str().unwrap_or_else(|| panic!("storage path"));
+    let run = crate::helpers::chatfiles_cli(
+        &["user", "disable", &user.email, "--storage-dir", storage],
+        "",
+    )
+    .await;
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(
+        run.stdout
+            .contains("warning: cannot reach a running service"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(check(&app, &user).await, StatusCode::UNAUTHORIZED);
+}
