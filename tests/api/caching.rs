@@ -110,20 +110,11 @@ async fn another_user_is_never_answered_from_the_owners_listing() {
     }
 }
 
-async fn check(app: &TestApp, user: &TestUser) -> StatusCode {
-    user.client
-        .get(app.url("/api/auth/check"))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("check: {e}"))
-        .status()
-}
-
 #[tokio::test]
 async fn a_session_deleted_from_the_database_by_hand_ends_within_the_revalidation_time() {
     let app = TestApp::spawn().await;
     let user = app.user().await;
-    assert_eq!(check(&app, &user).await, StatusCode::OK);
+    assert_eq!(app.check_status(&user).await, StatusCode::OK);
 
     // Another tool, not chatfiles, deletes every session (no revocation is signalled).
     let conn = rusqlite::Connection::open(app.config.database_path())
@@ -136,7 +127,7 @@ async fn a_session_deleted_from_the_database_by_hand_ends_within_the_revalidatio
     app.clock.advance(chrono::Duration::seconds(
         chatfiles::session::REVALIDATE_AFTER,
     ));
-    assert_eq!(check(&app, &user).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(app.check_status(&user).await, StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]
@@ -217,7 +208,7 @@ async fn without_the_revocation_counter_sessions_are_read_every_time_and_still_e
     })
     .await;
     let user = app.user().await;
-    assert_eq!(check(&app, &user).await, StatusCode::OK);
+    assert_eq!(app.check_status(&user).await, StatusCode::OK);
 
     let storage = app.storage_dir();
     let storage = storage.to_str().unwrap_or_else(|| panic!("storage path"));
@@ -233,5 +224,5 @@ async fn without_the_revocation_counter_sessions_are_read_every_time_and_still_e
         "{}",
         run.stdout
     );
-    assert_eq!(check(&app, &user).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(app.check_status(&user).await, StatusCode::UNAUTHORIZED);
 }

@@ -209,6 +209,16 @@ impl TestApp {
             .unwrap_or_else(|| panic!("login set no neptun-session cookie"))
     }
 
+    /// The status of `GET /api/auth/check` with `user`'s cookies: is their session live?
+    pub async fn check_status(&self, user: &TestUser) -> StatusCode {
+        user.client
+            .get(self.url("/api/auth/check"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("check: {e}"))
+            .status()
+    }
+
     /// The seed endpoint.
     pub async fn list_files(&self, user: &TestUser, chat_id: i64) -> Response {
         user.client

@@ -21,15 +21,6 @@ fn change(current: &str, password: &str, confirm: &str) -> Value {
     json!({"currentPassword": current, "password": password, "confirmPassword": confirm})
 }
 
-async fn check_status(app: &TestApp, user: &TestUser) -> StatusCode {
-    user.client
-        .get(app.url("/api/auth/check"))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("check: {e}"))
-        .status()
-}
-
 async fn login_status(app: &TestApp, email: &str, password: &str) -> StatusCode {
     client()
         .post(app.url("/api/auth/login"))
@@ -53,7 +44,7 @@ async fn a_password_change_ends_every_other_session_and_keeps_this_one() {
     assert_eq!(login_status_with(&app, &other_device).await, StatusCode::OK);
     let stolen = app.session_cookie(&user).await;
     // Used once before the change, so that the service remembers that session.
-    assert_eq!(check_status(&app, &other_device).await, StatusCode::OK);
+    assert_eq!(app.check_status(&other_device).await, StatusCode::OK);
 
     let res = change_password(&app, &user, change(PASSWORD, NEW_PASSWORD, NEW_PASSWORD)).await;
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
@@ -62,9 +53,9 @@ async fn a_password_change_ends_every_other_session_and_keeps_this_one() {
         "this session continues under a new cookie"
     );
 
-    assert_eq!(check_status(&app, &user).await, StatusCode::OK);
+    assert_eq!(app.check_status(&user).await, StatusCode::OK);
     assert_eq!(
-        check_status(&app, &other_device).await,
+        app.check_status(&other_device).await,
         StatusCode::UNAUTHORIZED
     );
     let res = client()
@@ -123,7 +114,7 @@ async fn a_password_change_needs_a_session_and_the_current_password() {
         "Current password is incorrect"
     );
     assert_eq!(
-        check_status(&app, &user).await,
+        app.check_status(&user).await,
         StatusCode::OK,
         "a wrong guess logs nobody out"
     );
