@@ -4,6 +4,7 @@
 //! the async workers.
 
 use std::collections::HashSet;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,6 +56,7 @@ pub struct Db {
 impl Db {
     /// Opens (creating if needed) the database, applies the schema and builds the pool.
     pub fn open(path: &Path, max_connections: u32) -> anyhow::Result<Self> {
+        create_private(path)?;
         let mut conn = Connection::open(path)
             .with_context(|| format!("cannot open database {}", path.display()))?;
         let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
@@ -146,6 +148,28 @@ impl Db {
     pub fn get(&self) -> Result<r2d2::PooledConnection<SqliteConnectionManager>, AppError> {
         Ok(self.pool.get()?)
     }
+}
+
+/// Creates the database file 0600 unless it exists: it holds password and session hashes, and
+/// SQLite gives its `-wal` and `-shm` files the database file's mode. An existing file keeps its
+/// mode (an operator may have chosen it), with a warning when others may read it.
+fn create_private(path: &Path) -> anyhow::Result<()> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot open database {}", path.display()))?;
+    let mode = file.metadata()?.permissions().mode();
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            path = %path.display(),
+            mode = format_args!("{:o}", mode & 0o777),
+            "the database file is readable by others, and it holds password and session hashes; chmod 600 it"
+        );
+    }
+    Ok(())
 }
 
 /// Applies `schema.sql` idempotently and records the version, refusing a newer database.

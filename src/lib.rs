@@ -16,6 +16,8 @@ pub mod config;
 pub mod db;
 /// The one error type and the contract's JSON error shape.
 pub mod error;
+/// The media type a stored file is served with.
+pub mod media_type;
 /// Prometheus metrics and `GET /metrics`.
 pub mod metrics;
 /// Request id, error reshaping and the per-request log line.

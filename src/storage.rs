@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use rand::RngCore;
@@ -28,7 +28,7 @@ pub struct StorageLock {
 impl StorageLock {
     /// Takes the lock, retrying for up to `wait`; `Ok(None)` when someone else still holds it.
     pub fn acquire(root: &Path, wait: std::time::Duration) -> io::Result<Option<Self>> {
-        fs::create_dir_all(root)?;
+        create_private_dir_all(root)?;
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -75,6 +75,15 @@ pub fn object_path_in(objects: &Path, key: &str) -> Option<PathBuf> {
     is_valid_key(key).then(|| objects.join(&key[..2]).join(key))
 }
 
+/// Creates `dir` and any missing parents 0700: stored bytes are for the service alone. A
+/// directory that exists keeps its mode.
+pub fn create_private_dir_all(dir: &Path) -> io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -88,7 +97,7 @@ impl Storage {
             tmp: root.join("tmp"),
         };
         for dir in [&storage.root, &storage.objects, &storage.tmp] {
-            fs::create_dir_all(dir)?;
+            create_private_dir_all(dir)?;
         }
         // Every shard exists before the first upload, made durable once here: a commit never
         // has to create (and fsync) a directory that a concurrent commit may be relying on.
@@ -96,7 +105,7 @@ impl Storage {
         for shard in 0..=255u8 {
             let dir = storage.objects.join(hex::encode([shard]));
             if !dir.is_dir() {
-                fs::create_dir(&dir)?;
+                create_private_dir_all(&dir)?;
                 created = true;
             }
         }
@@ -145,7 +154,7 @@ impl Storage {
         let shard = target.parent().unwrap_or(&self.objects);
         if !shard.exists() {
             // Only if someone removed it since the start (see `open`).
-            fs::create_dir_all(shard)?;
+            create_private_dir_all(shard)?;
             sync_dir(&self.objects)?;
         }
         fs::rename(&temp.path, &target)?;

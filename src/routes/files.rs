@@ -1,4 +1,4 @@
-//! A chat's files: the seed listing, uploads, one file, deletes
+//! A chat's files: Neptun's Chat Files listing, uploads, one file, deletes
 //! (`/api/users/{user_id}/chats/{chat_id}/files`).
 
 use actix_web::http::header::ContentType;
@@ -32,7 +32,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     );
 }
 
-/// `{chatFiles}`: the seed endpoint's answer (also an upload's, in upload order).
+/// `{chatFiles}`: the answer of Neptun's Chat Files endpoint (also an upload's, in upload order).
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GetChatFilesResponse {
@@ -50,13 +50,14 @@ pub struct ChatFileResponse {
 #[derive(ToSchema)]
 pub struct UploadForm {
     /// The files. Each part's filename (sanitised) becomes the file's `name`; its Content-Type,
-    /// when a valid MIME type other than `application/octet-stream`, its `type` (else guessed
-    /// from the name). A part of type `multipart/*` is refused.
+    /// when a valid `type/subtype` other than `application/octet-stream`, its `type` (else
+    /// guessed from the name); text found to be UTF-8 gets `; charset=utf-8`. A part of type
+    /// `multipart/*` is refused.
     #[schema(value_type = Vec<String>, format = Binary, min_items = 1, max_items = 100)]
     pub file: Vec<Vec<u8>>,
 }
 
-/// A chat's files (the seed endpoint)
+/// A chat's files (Neptun's Chat Files endpoint)
 ///
 /// Oldest first (`created_at`, then `id`); an empty chat gives `{"chatFiles": []}`. Each `url`
 /// is absolute and signed, valid for `--url-ttl`; listing twice within a minute gives the same

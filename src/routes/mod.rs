@@ -130,7 +130,7 @@ impl FromRequest for FilePath {
     }
 }
 
-/// A file as the seed endpoint shows it.
+/// A file as Neptun's Chat Files endpoint shows it (Neptun's `ChatFile`).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[schema(example = json!({
     "id": 1,

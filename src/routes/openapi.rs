@@ -69,7 +69,7 @@ pub type ErrorResponse = crate::error::ErrorBody<'static>;
     tags(
         (name = "auth", description = "Sign-up, login, logout, password change and the session check"),
         (name = "chats", description = "A user's chats"),
-        (name = "files", description = "A chat's files: the seed endpoint, uploads, one file, deletes"),
+        (name = "files", description = "A chat's files: Neptun's Chat Files endpoint, uploads, one file, deletes"),
         (name = "downloads", description = "The bytes behind a signed URL (no cookie needed)"),
         (name = "operations", description = "Health, metrics and this document"),
     )

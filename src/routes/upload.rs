@@ -14,10 +14,10 @@ use actix_web::http::header::HeaderMap;
 use actix_web::web;
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
-use mime::Mime;
 
 use crate::db::{self, FileRow, Inserted, NewFile};
 use crate::error::AppError;
+use crate::media_type::{self, Utf8Stream};
 use crate::startup::{AppState, to_completion};
 use crate::storage::{self, TempObject};
 
@@ -284,25 +284,6 @@ pub fn sanitize_name(raw: &str) -> String {
     format!("{}{extension}", stem[..cut].trim_end())
 }
 
-/// The stored MIME type: the part's own when it is specific (lowercased, only `charset` kept),
-/// else a guess from the name, else `application/octet-stream`.
-pub fn effective_type(declared: Option<&Mime>, name: &str) -> String {
-    if let Some(mime) = declared.filter(|m| *m != &mime::APPLICATION_OCTET_STREAM) {
-        let essence = mime.essence_str().to_ascii_lowercase();
-        return match mime.get_param(mime::CHARSET) {
-            Some(charset) => format!(
-                "{essence}; charset={}",
-                charset.as_str().to_ascii_lowercase()
-            ),
-            None => essence,
-        };
-    }
-    mime_guess::from_path(name).first().map_or_else(
-        || mime::APPLICATION_OCTET_STREAM.to_string(),
-        |m| m.essence_str().to_owned(),
-    )
-}
-
 /// What reading the parts keeps track of.
 struct Reader<'a> {
     state: &'a AppState,
@@ -382,13 +363,14 @@ async fn read_parts(
         }
         let raw_name = part_filename(field.headers()).unwrap_or_default();
         let name = sanitize_name(&raw_name);
-        let mime = effective_type(field.content_type(), &name);
-        let (sha256, size) = receive_part(reader, &mut field, current).await?;
+        let mime = media_type::declared_or_guessed(field.content_type(), &name);
+        let mut utf8 = media_type::wants_charset(&mime).then(Utf8Stream::default);
+        let (sha256, size) = receive_part(reader, &mut field, current, utf8.as_mut()).await?;
         if let Some(temp) = current.take() {
             received.push(Received {
                 temp,
                 name,
-                mime,
+                mime: media_type::with_charset(mime, utf8.is_some_and(|u| u.is_utf8())),
                 sha256,
                 size,
             });
@@ -411,11 +393,13 @@ async fn skip_part(reader: &Reader<'_>, field: &mut Field) -> Result<(), AppErro
     Ok(())
 }
 
-/// Streams one part into a new temp object left in `current`; returns its hash and size.
+/// Streams one part into a new temp object left in `current`; returns its hash and size, and
+/// tells `utf8` (when given) every byte.
 async fn receive_part(
     reader: &mut Reader<'_>,
     field: &mut Field,
     current: &mut Option<TempObject>,
+    mut utf8: Option<&mut Utf8Stream>,
 ) -> Result<(String, u64), AppError> {
     let storage = reader.state.storage.clone();
     *current = Some(web::block(move || storage.create_temp()).await??);
@@ -434,6 +418,9 @@ async fn receive_part(
             && !hold.grow(chunk.len() as u64, quota.saturating_sub(used))
         {
             return Err(Limits::quota_exceeded(quota));
+        }
+        if let Some(utf8) = utf8.as_deref_mut() {
+            utf8.update(&chunk);
         }
         buffer.extend_from_slice(&chunk);
         if buffer.len() >= WRITE_BATCH {
@@ -659,22 +646,5 @@ mod tests {
         assert!(sanitize_name(&long_ext).starts_with("aaa"));
         let exactly = "y".repeat(255);
         assert_eq!(sanitize_name(&exactly), exactly);
-    }
-
-    #[test]
-    fn types_come_from_the_part_then_the_name() {
-        let pdf: Mime = "Application/PDF".parse().unwrap_or(mime::TEXT_PLAIN);
-        assert_eq!(effective_type(Some(&pdf), "x.bin"), "application/pdf");
-        let text: Mime = "text/plain; charset=UTF-8; format=flowed"
-            .parse()
-            .unwrap_or(mime::APPLICATION_JSON);
-        assert_eq!(
-            effective_type(Some(&text), "x"),
-            "text/plain; charset=utf-8"
-        );
-        let octet = mime::APPLICATION_OCTET_STREAM;
-        assert_eq!(effective_type(Some(&octet), "photo.png"), "image/png");
-        assert_eq!(effective_type(None, "doc.pdf"), "application/pdf");
-        assert_eq!(effective_type(None, "mystery"), "application/octet-stream");
     }
 }

@@ -6,34 +6,7 @@ use reqwest::StatusCode;
 use reqwest::multipart::{Form, Part};
 use serde_json::{Value, json};
 
-use crate::helpers::{self, TestApp, TestUser, assert_error, header, sha256};
-
-const BOUNDARY: &str = "chatfilesTestBoundary7MA4YWxkTrZu0gW";
-
-/// A raw multipart/form-data body whose parts are (headers, bytes), exactly as given.
-fn raw_multipart(parts: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut body = Vec::new();
-    for (headers, bytes) in parts {
-        body.extend_from_slice(format!("--{BOUNDARY}\r\n{headers}\r\n\r\n").as_bytes());
-        body.extend_from_slice(bytes);
-        body.extend_from_slice(b"\r\n");
-    }
-    body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
-    body
-}
-
-async fn post_raw(app: &TestApp, user: &TestUser, chat: i64, body: Vec<u8>) -> reqwest::Response {
-    user.client
-        .post(app.url(&format!("/api/users/{}/chats/{chat}/files", user.id)))
-        .header(
-            "content-type",
-            format!("multipart/form-data; boundary={BOUNDARY}"),
-        )
-        .body(body)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("upload: {e}"))
-}
+use crate::helpers::{self, TestApp, TestUser, assert_error, header, raw_multipart, sha256};
 
 fn file_url(user: &TestUser, chat: i64, file: i64) -> String {
     format!("/api/users/{}/chats/{chat}/files/{file}", user.id)
@@ -218,7 +191,7 @@ async fn path_traversal_names_keep_only_their_last_component_and_never_leave_the
             b"evil",
         ),
     ]);
-    let res = post_raw(&app, &user, chat, body).await;
+    let res = app.upload_raw(&user, chat, body).await;
     assert_eq!(res.status(), StatusCode::CREATED);
     let body: Value = res.json().await.unwrap_or_default();
     let names: Vec<&str> = body["chatFiles"]
@@ -287,7 +260,7 @@ async fn control_characters_and_bidi_overrides_are_removed_from_names() {
             b"abcd",
         ),
     ]);
-    let res = post_raw(&app, &user, chat, body).await;
+    let res = app.upload_raw(&user, chat, body).await;
     assert_eq!(res.status(), StatusCode::CREATED);
     let body: Value = res.json().await.unwrap_or_default();
     assert_eq!(body["chatFiles"][0]["name"], json!("invoicefdp.exe"));
@@ -377,7 +350,7 @@ async fn a_part_that_is_itself_multipart_is_a_bad_request() {
         "Content-Disposition: form-data; name=\"file\"; filename=\"inner.txt\"\r\nContent-Type: multipart/mixed; boundary=inner",
         b"--inner\r\nContent-Type: text/plain\r\n\r\nhi\r\n--inner--",
     )]);
-    let res = post_raw(&app, &user, chat, body).await;
+    let res = app.upload_raw(&user, chat, body).await;
     assert_error(res, StatusCode::BAD_REQUEST).await;
     assert!(app.stored_files().is_empty());
     assert!(listing(&app, &user, chat).await.is_empty());

@@ -36,6 +36,22 @@ pub struct TestUser {
     pub client: Client,
 }
 
+/// The boundary of [`raw_multipart`] bodies.
+const BOUNDARY: &str = "chatfilesTestBoundary7MA4YWxkTrZu0gW";
+
+/// A raw multipart/form-data body whose parts are (headers, bytes), exactly as given: for
+/// part headers that a client library would refuse to send.
+pub fn raw_multipart(parts: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (headers, bytes) in parts {
+        body.extend_from_slice(format!("--{BOUNDARY}\r\n{headers}\r\n\r\n").as_bytes());
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+    body
+}
+
 /// A client with a cookie store that never follows redirects.
 pub fn client() -> Client {
     Client::builder()
@@ -175,6 +191,20 @@ impl TestApp {
         user.client
             .post(self.url(&format!("/api/users/{}/chats/{chat_id}/files", user.id)))
             .multipart(form)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("upload: {e}"))
+    }
+
+    /// Uploads a body made by [`raw_multipart`], exactly as given.
+    pub async fn upload_raw(&self, user: &TestUser, chat_id: i64, body: Vec<u8>) -> Response {
+        user.client
+            .post(self.url(&format!("/api/users/{}/chats/{chat_id}/files", user.id)))
+            .header(
+                "content-type",
+                format!("multipart/form-data; boundary={BOUNDARY}"),
+            )
+            .body(body)
             .send()
             .await
             .unwrap_or_else(|e| panic!("upload: {e}"))
