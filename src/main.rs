@@ -1,7 +1,8 @@
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use chatfiles::clock::SystemClock;
-use chatfiles::config::{Cli, Command, LogFormat};
+use chatfiles::config::{Cli, Invocation, LogFormat, Task, format_duration, format_size};
 use chatfiles::startup::Application;
 use tracing_subscriber::EnvFilter;
 
@@ -21,16 +22,21 @@ fn tune_allocator() {
     }
 }
 
-fn main() -> std::process::ExitCode {
+fn main() -> ExitCode {
     tune_allocator();
     serve_or_run()
 }
 
+/// Runs what the command line asks. Exit status: 0 when the service stopped cleanly (SIGINT or
+/// SIGTERM) or the command's answer is yes; 1 when the command ran and the answer is no (damage
+/// found, unhealthy, a user action refused) or the service failed while running; 2 when it could
+/// not run at all (a flag or environment value, the secret, the storage directory or the
+/// database refused).
 #[actix_web::main]
-async fn serve_or_run() -> std::process::ExitCode {
+async fn serve_or_run() -> ExitCode {
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
-    let Cli { command, config } = Cli::from_env_and_args();
+    let Invocation { task, config } = Cli::from_env_and_args();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -42,21 +48,34 @@ async fn serve_or_run() -> std::process::ExitCode {
         // One JSON object per line, the request's fields at the top level.
         LogFormat::Json => logs.json().flatten_event(true).init(),
     }
-    match command {
-        None | Some(Command::Serve) => {}
-        Some(Command::Check { repair }) => {
-            return chatfiles::check::main(&config, repair);
-        }
-        Some(Command::Healthcheck) => return chatfiles::routes::health::healthcheck(&config),
-        Some(Command::User { action }) => return chatfiles::admin::main(&config, action),
+    match task {
+        Task::Serve => {}
+        Task::Check { repair } => return chatfiles::check::main(&config, repair),
+        Task::Healthcheck => return chatfiles::routes::health::healthcheck(&config),
+        Task::User(action) => return chatfiles::admin::main(&config, action),
     }
     let app = match Application::build(&config, Arc::new(SystemClock)) {
         Ok(app) => app,
         Err(err) => {
+            // Nothing served yet: the secret, storage, database or address was refused.
             eprintln!("error: {err:#}");
-            return std::process::ExitCode::FAILURE;
+            return ExitCode::from(2);
         }
     };
+    let user_quota = match config.user_quota {
+        0 => "none".to_owned(),
+        bytes => format_size(bytes),
+    };
+    tracing::info!(
+        max_file_size = %format_size(config.max_file_size),
+        url_ttl = %format_duration(config.url_ttl),
+        session_ttl = %format_duration(config.session_ttl),
+        user_quota = %user_quota,
+        memory_cache = %format_size(config.memory_cache),
+        signup = %config.signup.as_str(),
+        workers = config.worker_count(),
+        "chatfiles limits"
+    );
     tracing::info!(
         address = %app.local_addr(),
         metrics = app.metrics_addr().map(tracing::field::display),
@@ -64,10 +83,10 @@ async fn serve_or_run() -> std::process::ExitCode {
         "chatfiles listening"
     );
     match app.run_until_stopped().await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     }
 }

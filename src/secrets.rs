@@ -5,7 +5,7 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 use hkdf::Hkdf;
@@ -13,6 +13,7 @@ use rand::RngCore;
 use secrecy::{ExposeSecret, SecretBox, SecretString};
 use sha2::Sha256;
 
+use crate::config::{PREVIOUS_SECRETS_ENV, SECRET_ENV};
 use crate::signing::UrlSigner;
 
 const MIN_SECRET_BYTES: usize = 32;
@@ -32,6 +33,36 @@ pub struct KeyRing {
     pub previous_sessions: Vec<actix_web::cookie::Key>,
 }
 
+/// What a secret must be, as every message about a bad one states it.
+const SECRET_RULE: &str = "it must be at least 32 bytes once decoded, written as hex or base64 \
+                           (make one with: openssl rand -hex 32)";
+
+/// Why a secret's text was refused; never carries the text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SecretError {
+    #[error("it is empty")]
+    Empty,
+    #[error("it is neither hex nor base64")]
+    NotHexOrBase64,
+    #[error("it decodes to only {0} bytes")]
+    TooShort(usize),
+}
+
+/// `what is invalid (why): the rule`, for a secret from `what`.
+fn invalid(what: &str, err: SecretError) -> anyhow::Error {
+    anyhow!("{what} is invalid ({err}): {SECRET_RULE}")
+}
+
+/// The same for the secret file, with what can be done about it.
+fn invalid_file(path: &Path, err: SecretError) -> anyhow::Error {
+    anyhow!(
+        "{} is invalid ({err}): it must hold at least 32 bytes, written as hex or base64; \
+         restore it from a backup, or delete it to have a new one generated at start (which \
+         ends every session and signed URL made under the old one)",
+        path.display()
+    )
+}
+
 /// The current keys and those of the previous secrets (`CHATFILES_PREVIOUS_SECRETS`).
 pub fn load_key_ring(
     storage_dir: &Path,
@@ -43,8 +74,13 @@ pub fn load_key_ring(
     drop(master);
     let mut previous_sessions = Vec::with_capacity(previous.len());
     for (index, secret) in previous.iter().enumerate() {
-        let old = decode_secret(secret.expose_secret()).with_context(|| {
-            format!("CHATFILES_PREVIOUS_SECRETS: entry {} is invalid", index + 1)
+        let old = decode_secret(secret.expose_secret()).map_err(|err| {
+            let what = format!(
+                "{PREVIOUS_SECRETS_ENV} entry {} of {}",
+                index + 1,
+                previous.len()
+            );
+            invalid(&what, err)
         })?;
         let old = derive_keys(&old);
         current.urls.accept_previous(old.urls);
@@ -58,11 +94,12 @@ pub fn load_key_ring(
 
 /// Decodes a secret given as hex (an even number of hex digits) or base64 (standard or URL-safe,
 /// padded or not), and insists on at least 32 bytes.
-pub fn decode_secret(text: &str) -> anyhow::Result<SecretBox<Vec<u8>>> {
+pub fn decode_secret(text: &str) -> Result<SecretBox<Vec<u8>>, SecretError> {
     let text = text.trim();
-    let is_hex = !text.is_empty()
-        && text.len().is_multiple_of(2)
-        && text.bytes().all(|b| b.is_ascii_hexdigit());
+    if text.is_empty() {
+        return Err(SecretError::Empty);
+    }
+    let is_hex = text.len().is_multiple_of(2) && text.bytes().all(|b| b.is_ascii_hexdigit());
     let bytes = if is_hex {
         hex::decode(text).ok()
     } else {
@@ -70,14 +107,9 @@ pub fn decode_secret(text: &str) -> anyhow::Result<SecretBox<Vec<u8>>> {
             .iter()
             .find_map(|engine| engine.decode(text).ok())
     };
-    let Some(bytes) = bytes else {
-        bail!("the secret is neither hex nor base64");
-    };
+    let bytes = bytes.ok_or(SecretError::NotHexOrBase64)?;
     if bytes.len() < MIN_SECRET_BYTES {
-        bail!(
-            "the secret must be at least {MIN_SECRET_BYTES} bytes once decoded, got {}",
-            bytes.len()
-        );
+        return Err(SecretError::TooShort(bytes.len()));
     }
     Ok(SecretBox::new(Box::new(bytes)))
 }
@@ -89,7 +121,7 @@ pub fn load_master(
     from_env: Option<&SecretString>,
 ) -> anyhow::Result<SecretBox<Vec<u8>>> {
     if let Some(secret) = from_env {
-        return decode_secret(secret.expose_secret()).context("CHATFILES_SECRET is invalid");
+        return decode_secret(secret.expose_secret()).map_err(|err| invalid(SECRET_ENV, err));
     }
     let path = storage_dir.join(SECRET_FILE);
     match fs::read_to_string(&path) {
@@ -98,7 +130,7 @@ pub fn load_master(
             if mode & 0o077 != 0 {
                 tracing::warn!(path = %path.display(), "secret key file is readable by others; chmod 600 it");
             }
-            decode_secret(&text).with_context(|| format!("{} is invalid", path.display()))
+            decode_secret(&text).map_err(|err| invalid_file(&path, err))
         }
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => generate(&path),
         Err(err) => Err(err).with_context(|| format!("cannot read {}", path.display())),
@@ -117,8 +149,9 @@ fn generate(path: &Path) -> anyhow::Result<SecretBox<Vec<u8>>> {
         Ok(file) => file,
         // Another process won the race to create it: use theirs.
         Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
-            let text = fs::read_to_string(path)?;
-            return decode_secret(&text);
+            let text = fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            return decode_secret(&text).map_err(|err| invalid_file(path, err));
         }
         Err(err) => return Err(err).with_context(|| format!("cannot create {}", path.display())),
     };
@@ -172,8 +205,74 @@ mod tests {
         );
         let b64url = URL_SAFE_NO_PAD.encode([0xfbu8; 33]);
         assert!(decode_secret(&b64url).is_ok());
-        assert!(decode_secret("too short").is_err());
-        assert!(decode_secret(&"ab".repeat(31)).is_err());
+        assert_eq!(
+            decode_secret("too short").err(),
+            Some(SecretError::NotHexOrBase64)
+        );
+        assert_eq!(
+            decode_secret(&"ab".repeat(31)).err(),
+            Some(SecretError::TooShort(31))
+        );
+        assert_eq!(decode_secret("  \n").err(), Some(SecretError::Empty));
+    }
+
+    #[test]
+    fn a_bad_secret_is_named_with_the_rule_and_never_shown() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let short = SecretString::from("c0ffee".repeat(5));
+        let err = load_master(dir.path(), Some(&short))
+            .err()
+            .map(|e| format!("{e:#}"));
+        assert_eq!(
+            err.as_deref(),
+            Some(
+                "CHATFILES_SECRET is invalid (it decodes to only 15 bytes): it must be at least \
+                 32 bytes once decoded, written as hex or base64 (make one with: openssl rand \
+                 -hex 32)"
+            )
+        );
+        let garbage = SecretString::from("not*a*secret!");
+        let err = load_master(dir.path(), Some(&garbage))
+            .err()
+            .map(|e| format!("{e:#}"));
+        let err = err.unwrap_or_default();
+        assert!(err.contains("neither hex nor base64"), "{err}");
+        assert!(!err.contains("not*a*secret"), "{err}");
+
+        let good = SecretString::from("ab".repeat(32));
+        let previous = [good.clone(), short.clone(), good.clone()];
+        let err = load_key_ring(dir.path(), Some(&good), &previous)
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        assert!(
+            err.starts_with(
+                "CHATFILES_PREVIOUS_SECRETS entry 2 of 3 is invalid (it decodes to only 15 bytes): \
+                 it must be at least 32 bytes"
+            ),
+            "{err}"
+        );
+        assert!(!err.contains(&"c0ffee".repeat(5)), "{err}");
+
+        fs::write(dir.path().join(SECRET_FILE), "c0ffee\n")?;
+        fs::set_permissions(
+            dir.path().join(SECRET_FILE),
+            fs::Permissions::from_mode(0o600),
+        )?;
+        let err = load_master(dir.path(), None)
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        assert!(
+            err.contains("secret.key is invalid (it decodes to only 3 bytes)"),
+            "{err}"
+        );
+        assert!(
+            err.contains("delete it to have a new one generated"),
+            "{err}"
+        );
+        assert!(!err.contains("c0ffee"), "{err}");
+        Ok(())
     }
 
     #[test]

@@ -205,6 +205,9 @@ pub struct Application {
     /// Held while the service runs: no second service, and no `check --repair`, on the same
     /// storage directory.
     lock: StorageLock,
+    /// SIGINT and SIGTERM, listened for from the build on: a signal that arrives once the
+    /// service has said it listens stops it gracefully, never kills it outright.
+    signals: Option<ShutdownSignals>,
 }
 
 impl Application {
@@ -382,6 +385,7 @@ impl Application {
             db,
             clock,
             lock,
+            signals: ShutdownSignals::listen(),
         })
     }
 
@@ -405,11 +409,12 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let purger = tokio::spawn(purge_sessions(self.db, self.clock));
         let handle = self.server.handle();
-        let signals = tokio::spawn(async move {
-            if let Some(signal) = shutdown_signal().await {
+        let signals = self.signals.map(|signals| {
+            tokio::spawn(async move {
+                let signal = signals.recv().await;
                 tracing::info!(signal, "stopping gracefully");
                 handle.stop(true).await;
-            }
+            })
         });
         let metrics = self.metrics_server.map(|(server, _)| {
             let handle = server.handle();
@@ -421,7 +426,9 @@ impl Application {
             let _ = task.await;
         }
         purger.abort();
-        signals.abort();
+        if let Some(signals) = signals {
+            signals.abort();
+        }
         drop(self.lock);
         result
     }
@@ -467,13 +474,36 @@ async fn purge_sessions(db: Db, clock: Arc<dyn Clock>) {
     }
 }
 
-/// Waits for SIGINT or SIGTERM; `None` if they cannot be listened for.
-async fn shutdown_signal() -> Option<&'static str> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut interrupt = signal(SignalKind::interrupt()).ok()?;
-    let mut terminate = signal(SignalKind::terminate()).ok()?;
-    tokio::select! {
-        _ = interrupt.recv() => Some("SIGINT"),
-        _ = terminate.recv() => Some("SIGTERM"),
+/// SIGINT and SIGTERM, as streams: once these exist, the signals no longer end the process.
+struct ShutdownSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    /// Starts listening; `None` (with a warning) if the signals cannot be listened for.
+    fn listen() -> Option<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(interrupt), Ok(terminate)) => Some(Self {
+                interrupt,
+                terminate,
+            }),
+            (Err(err), _) | (_, Err(err)) => {
+                tracing::warn!(error = %err, "cannot listen for SIGINT/SIGTERM; they will end the service at once");
+                None
+            }
+        }
+    }
+
+    /// The first of the two to arrive.
+    async fn recv(mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "SIGINT",
+            _ = self.terminate.recv() => "SIGTERM",
+        }
     }
 }

@@ -131,7 +131,7 @@ impl Storage {
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o640)
+            .mode(0o600)
             .open(&path)?;
         Ok(TempObject {
             file: Some(file),

@@ -121,7 +121,8 @@ fn probe(address: SocketAddr) -> std::io::Result<u16> {
         .ok_or_else(|| std::io::Error::other("not an HTTP answer"))
 }
 
-/// `chatfiles healthcheck`: 0 when the service at `--bind` answers `/health` with 200.
+/// `chatfiles healthcheck`: exits 0 when the service at `--bind` answers `/health` with 200, 1
+/// when it answers anything else or cannot be reached.
 pub fn healthcheck(config: &Config) -> ExitCode {
     let address = probe_address(config.bind);
     match probe(address) {

@@ -52,6 +52,8 @@ async fn an_operator_adds_an_account_with_the_password_on_stdin() {
     let run = user_cli(&app, &["add", "short@example.com"], "short\n").await;
     assert_eq!(run.code, Some(1));
     assert!(run.stderr.contains("at least 8"), "{}", run.stderr);
+    let run = user_cli(&app, &["add", "empty@example.com"], "").await;
+    assert_eq!(run.code, Some(1), "no password at all is a short one");
     let run = user_cli(
         &app,
         &["add", "flag@example.com", "--password", PASSWORD],
@@ -59,6 +61,7 @@ async fn an_operator_adds_an_account_with_the_password_on_stdin() {
     )
     .await;
     assert_eq!(run.code, Some(2), "a password is never a flag");
+    assert!(run.stderr.contains("standard input"), "{}", run.stderr);
 }
 
 #[tokio::test]
@@ -113,7 +116,8 @@ async fn a_mistyped_storage_directory_is_refused_not_created() {
         args.extend_from_slice(action);
         args.extend_from_slice(&["--storage-dir", missing]);
         let run = chatfiles_cli(&args, "").await;
-        assert_eq!(run.code, Some(1), "{action:?}");
+        // It could not run (2), which is not the same as a refused action (1).
+        assert_eq!(run.code, Some(2), "{action:?}");
         assert!(run.stderr.contains("no database"), "{}", run.stderr);
     }
     assert!(!std::path::Path::new(missing).exists());

@@ -4,7 +4,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use crate::helpers::TestApp;
+use crate::helpers::{TestApp, chatfiles_cli};
 
 /// The permission bits of `path`, in octal as `ls -l` and `chmod` spell them.
 fn mode_of(path: &Path) -> String {
@@ -65,4 +65,25 @@ async fn a_storage_directory_that_exists_keeps_the_mode_its_operator_gave_it() {
     // What chatfiles creates inside it is still its own.
     assert_eq!(mode_of(&app.storage_dir().join("objects")), "700");
     assert_eq!(mode_of(&app.config.database_path()), "600");
+}
+
+#[tokio::test]
+async fn user_add_on_a_fresh_storage_directory_creates_it_private_too() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let storage = dir.path().join("fresh/storage");
+    let storage_arg = storage.to_string_lossy().into_owned();
+    let run = chatfiles_cli(
+        &[
+            "user",
+            "add",
+            "ada@example.com",
+            "--storage-dir",
+            &storage_arg,
+        ],
+        "correct horse battery\n",
+    )
+    .await;
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(mode_of(&storage), "700");
+    assert_eq!(mode_of(&storage.join("chatfiles.db")), "600");
 }
