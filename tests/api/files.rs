@@ -1,4 +1,4 @@
-//! A chat's files: the seed listing, uploads, one file, deletes.
+//! A chat's files: Neptun's Chat Files listing, uploads, one file, deletes.
 
 use std::collections::BTreeSet;
 
@@ -54,10 +54,10 @@ fn id_of(value: &Value) -> i64 {
 }
 
 #[tokio::test]
-async fn the_seed_endpoint_answers_with_exactly_the_seed_fields() {
+async fn neptuns_chat_files_endpoint_answers_with_exactly_its_documented_fields() {
     let app = TestApp::spawn().await;
     let user = app.user().await;
-    let chat = app.chat(&user, "seed").await;
+    let chat = app.chat(&user, "chat files").await;
     app.upload_ok(
         &user,
         chat,

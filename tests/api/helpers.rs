@@ -249,7 +249,7 @@ impl TestApp {
             .status()
     }
 
-    /// The seed endpoint.
+    /// Neptun's Chat Files endpoint: a chat's files.
     pub async fn list_files(&self, user: &TestUser, chat_id: i64) -> Response {
         user.client
             .get(self.url(&format!("/api/users/{}/chats/{chat_id}/files", user.id)))

@@ -1419,7 +1419,7 @@ async fn a_100_kib_path_or_query_is_a_4xx_never_a_server_error() {
             true,
         ),
         (
-            "long query on the seed endpoint",
+            "long query on the Chat Files listing",
             format!("{}?{long}", files_path(&fx.user, fx.chat)),
             &url_limits,
             true,

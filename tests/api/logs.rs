@@ -97,9 +97,17 @@ impl Served {
 
     /// Stops the service and returns every line it printed.
     fn stop(mut self) -> Vec<String> {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        // SIGTERM, for the graceful shutdown; not through a `kill` program, which a slim system
+        // lacks (and without which this would wait forever).
+        let pid = libc::pid_t::try_from(self.child.id())
+            .unwrap_or_else(|e| panic!("pid {}: {e}", self.child.id()));
+        // SAFETY: `kill` only sends a signal, to our own child, which is not yet reaped.
+        let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
+        if sent != 0 {
+            let error = std::io::Error::last_os_error();
+            let _ = self.child.kill();
+            panic!("cannot send SIGTERM to chatfiles: {error}");
+        }
         let _ = self.child.wait();
         // The reader threads finish at end of stream.
         std::thread::sleep(Duration::from_millis(100));

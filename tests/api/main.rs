@@ -14,10 +14,12 @@ mod hostile;
 mod load;
 mod logs;
 mod media_types;
+mod neptun_client;
 mod openapi;
 mod operations;
 mod password;
 mod quota;
 mod rotation;
-mod seed_client;
 mod throttle;
+#[path = "../support/tools.rs"]
+mod tools;

@@ -1,4 +1,5 @@
-//! The OpenAPI document at `GET /api/openapi.json`: 3.1, every route, the seed's `ChatFile`.
+//! The OpenAPI document at `GET /api/openapi.json`: 3.1, every route, and the `ChatFile` of
+//! Neptun's Chat Files endpoint.
 
 use std::collections::BTreeSet;
 
@@ -40,8 +41,9 @@ const METHODS: &[&str] = &[
     "get", "put", "post", "delete", "options", "head", "patch", "trace",
 ];
 
-/// The seed page's `ChatFile`: field, JSON type, format.
-const SEED_CHAT_FILE: &[(&str, &str, Option<&str>)] = &[
+/// The `ChatFile` of Neptun's documentation page of its Chat Files endpoint: field, JSON type,
+/// format.
+const NEPTUN_CHAT_FILE: &[(&str, &str, Option<&str>)] = &[
     ("id", "integer", None),
     ("chat_conversation_id", "integer", None),
     ("name", "string", None),
@@ -109,7 +111,7 @@ async fn every_route_of_the_server_is_in_the_document_and_nothing_else() {
 }
 
 #[tokio::test]
-async fn chat_file_has_exactly_the_seed_fields_and_types() {
+async fn chat_file_has_exactly_the_fields_and_types_of_neptuns_chat_file() {
     let app = TestApp::spawn().await;
     let doc = document(&app).await;
     let chat_file = schema(&doc, "ChatFile");
@@ -117,22 +119,25 @@ async fn chat_file_has_exactly_the_seed_fields_and_types() {
         .as_object()
         .unwrap_or_else(|| panic!("ChatFile has no properties"));
     let names: BTreeSet<&str> = properties.keys().map(String::as_str).collect();
-    let seed: BTreeSet<&str> = SEED_CHAT_FILE.iter().map(|(name, _, _)| *name).collect();
-    assert_eq!(names, seed);
+    let neptun: BTreeSet<&str> = NEPTUN_CHAT_FILE.iter().map(|(name, _, _)| *name).collect();
+    assert_eq!(names, neptun);
     let required: BTreeSet<&str> = chat_file["required"]
         .as_array()
         .unwrap_or_else(|| panic!("ChatFile has no required list"))
         .iter()
         .filter_map(Value::as_str)
         .collect();
-    assert_eq!(required, seed, "every seed field is always sent");
-    for (name, kind, format) in SEED_CHAT_FILE {
+    assert_eq!(
+        required, neptun,
+        "every field of Neptun's ChatFile is always sent"
+    );
+    for (name, kind, format) in NEPTUN_CHAT_FILE {
         assert_eq!(properties[*name]["type"], json!(kind), "{name}");
         if let Some(format) = format {
             assert_eq!(properties[*name]["format"], json!(format), "{name}");
         }
     }
-    // The seed endpoint answers `{chatFiles: [ChatFile]}`.
+    // Neptun's Chat Files endpoint answers `{chatFiles: [ChatFile]}`.
     let listing = &doc["paths"]["/api/users/{user_id}/chats/{chat_id}/files"]["get"];
     let reference = &listing["responses"]["200"]["content"]["application/json"]["schema"]["$ref"];
     let name = reference

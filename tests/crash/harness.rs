@@ -388,7 +388,7 @@ impl Account {
             .await
     }
 
-    /// The seed listing's `chatFiles`.
+    /// The Chat Files listing's `chatFiles`.
     pub async fn list(&self, service: &Service, chat: i64) -> Vec<Value> {
         let res = self
             .client

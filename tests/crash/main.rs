@@ -3,3 +3,5 @@
 mod disk_full;
 mod harness;
 mod kills;
+#[path = "../support/tools.rs"]
+mod tools;

@@ -36,7 +36,7 @@ CREATE TABLE IF NOT EXISTS chat_conversation_file (
     created_at           INTEGER NOT NULL
 );
 
--- The seed endpoint: a chat's files in upload order.
+-- Neptun's Chat Files endpoint: a chat's files in upload order.
 CREATE INDEX IF NOT EXISTS chat_conversation_file_by_chat
     ON chat_conversation_file (chat_conversation_id, created_at, id);
 

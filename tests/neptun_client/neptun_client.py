@@ -1,12 +1,14 @@
-"""The seed page's Python client (httpx + pydantic), as the page gives it, run against chatfiles.
+"""The Python client (httpx + pydantic) from Neptun's documentation page of its Chat Files
+endpoint (GET /api/users/{user_id}/chats/{chat_id}/files), as the page gives it, run against
+chatfiles.
 
-Usage: seed_client.py BASE_URL USER_ID CHAT_ID SESSION_COOKIE MISSING_CHAT_ID
+Usage: neptun_client.py BASE_URL USER_ID CHAT_ID SESSION_COOKIE MISSING_CHAT_ID
 Prints one line per check; exits non-zero on any mismatch.
 """
 import asyncio
 import sys
 
-# --- from the seed page -------------------------------------------------------------------
+# --- from Neptun's documentation page -----------------------------------------------------
 from pydantic import BaseModel, HttpUrl
 import httpx
 from typing import List
@@ -48,7 +50,7 @@ async def get_chat_files(
             cookies={"neptun-session": session_cookie}
         )
         return GetChatFilesResponse(**response.json())
-# --- end of the seed page's code ----------------------------------------------------------
+# --- end of the code from Neptun's documentation page -------------------------------------
 
 
 BASE_URL = ""
