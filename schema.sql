@@ -44,6 +44,15 @@ CREATE TABLE IF NOT EXISTS chat_conversation_file (
 CREATE INDEX IF NOT EXISTS chat_conversation_file_by_chat
     ON chat_conversation_file (chat_conversation_id, created_at, id);
 
+-- Objects that may exist in the object store with no file row to keep them: a key is recorded
+-- before an upload writes its bytes and when a delete removes its row, and cleared in the
+-- transaction that inserts the row or once the bytes are removed. The start-up sweep removes
+-- whatever is left, so that it never has to list the whole bucket.
+CREATE TABLE IF NOT EXISTS pending_object (
+    object_key TEXT    PRIMARY KEY,
+    since      INTEGER NOT NULL
+) WITHOUT ROWID;
+
 CREATE TABLE IF NOT EXISTS session (
     -- SHA-256 of the opaque id in the cookie: a copy of the database holds no usable session.
     id_hash        TEXT    PRIMARY KEY,

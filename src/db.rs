@@ -21,7 +21,7 @@ use crate::error::AppError;
 /// The whole schema; applied at every start.
 pub const SCHEMA: &str = include_str!("../schema.sql");
 /// Bumped, with a migration step in [`migrate`], whenever `schema.sql` changes shape.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Steps from each older version to the next, applied before `schema.sql` (which then only
 /// adds what is missing). Index `i` takes version `i + 1` to `i + 2`.
@@ -31,6 +31,8 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE session ADD COLUMN user_epoch INTEGER NOT NULL DEFAULT 0;",
     // 2 → 3: accounts an operator disabled (`chatfiles user disable`).
     "ALTER TABLE neptun_user ADD COLUMN disabled_at INTEGER;",
+    // 3 → 4: the pending-object journal, a new table that schema.sql creates.
+    "",
 ];
 
 // synchronous=FULL makes every commit fsync the WAL, so a 201 or 204 survives power loss.
@@ -465,12 +467,13 @@ fn chat_exists(conn: &Connection, user_id: i64, chat_id: i64) -> Result<bool, Ap
     Ok(stmt.exists(params![chat_id, user_id])?)
 }
 
-/// Deletes a chat and its file rows; returns the object keys whose bytes are now unreferenced,
-/// or `None` when the chat is not the user's.
+/// Deletes a chat and its file rows; returns the object keys whose bytes are now unreferenced
+/// (recorded as pending until removed), or `None` when the chat is not the user's.
 pub fn delete_chat(
     conn: &mut Connection,
     user_id: i64,
     chat_id: i64,
+    now: i64,
 ) -> Result<Option<Vec<String>>, AppError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     if !chat_exists(&tx, user_id, chat_id)? {
@@ -484,6 +487,7 @@ pub fn delete_chat(
             .collect::<Result<Vec<String>, _>>()?
     };
     tx.execute("DELETE FROM chat_conversation WHERE id = ?1", [chat_id])?;
+    record_pending(&tx, &keys, now)?;
     tx.commit()?;
     Ok(Some(keys))
 }
@@ -593,7 +597,7 @@ pub enum Inserted {
     OverQuota,
 }
 
-/// Records uploaded files in one transaction and touches the chat, unless the chat is gone or
+/// Records uploaded files in one transaction (their keys no longer pending) and touches the chat, unless the chat is gone or
 /// the user's quota (checked inside the transaction, so concurrent uploads cannot both slip
 /// under it) would be exceeded.
 pub fn insert_files(
@@ -621,6 +625,8 @@ pub fn insert_files(
                  (chat_conversation_id, object_key, name, size, type, sha256, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?;
+        // The row keeps the object from now on.
+        let mut clear = tx.prepare_cached(CLEAR_PENDING)?;
         for file in files {
             stmt.execute(params![
                 chat_id,
@@ -631,6 +637,7 @@ pub fn insert_files(
                 file.sha256,
                 now
             ])?;
+            clear.execute([&file.object_key])?;
             rows.push(FileRow {
                 id: tx.last_insert_rowid(),
                 chat_id,
@@ -651,8 +658,8 @@ pub fn insert_files(
     Ok(Inserted::Rows(rows))
 }
 
-/// Deletes one file row and touches its chat; returns its object key, or `None` when there is
-/// no such file in the user's chat.
+/// Deletes one file row and touches its chat; returns its object key (recorded as pending until
+/// removed), or `None` when there is no such file in the user's chat.
 pub fn delete_file(
     conn: &mut Connection,
     user_id: i64,
@@ -668,12 +675,50 @@ pub fn delete_file(
         "DELETE FROM chat_conversation_file WHERE id = ?1",
         [file_id],
     )?;
+    record_pending(&tx, std::slice::from_ref(&file.object_key), now)?;
     tx.execute(
         "UPDATE chat_conversation SET updated_at = ?1 WHERE id = ?2",
         params![now, chat_id],
     )?;
     tx.commit()?;
     Ok(Some(file.object_key))
+}
+
+const CLEAR_PENDING: &str = "DELETE FROM pending_object WHERE object_key = ?1";
+
+/// Records `keys` as objects that may exist without a row to keep them (see `schema.sql`).
+pub fn record_pending(conn: &Connection, keys: &[String], now: i64) -> Result<(), AppError> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO pending_object (object_key, since) VALUES (?1, ?2)
+         ON CONFLICT (object_key) DO NOTHING",
+    )?;
+    for key in keys {
+        stmt.execute(params![key, now])?;
+    }
+    Ok(())
+}
+
+/// Forgets pending keys whose objects are gone (or kept by a row).
+pub fn clear_pending(conn: &mut Connection, keys: &[String]) -> Result<(), AppError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    {
+        let mut stmt = tx.prepare_cached(CLEAR_PENDING)?;
+        for key in keys {
+            stmt.execute([key])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Every pending key, oldest first.
+pub fn pending_keys(conn: &Connection) -> Result<Vec<String>, AppError> {
+    let mut stmt =
+        conn.prepare("SELECT object_key FROM pending_object ORDER BY since, object_key")?;
+    let keys = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    Ok(keys)
 }
 
 /// Every object key that a row refers to (for the start-up sweep).

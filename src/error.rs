@@ -39,6 +39,9 @@ pub enum AppError {
     },
     #[error("Service unavailable")]
     Unavailable,
+    /// The object store does not answer (or refuses us): bytes can be neither stored nor read.
+    #[error("Object store unavailable")]
+    StoreUnavailable,
     /// A part the service needs is down (the health check's answer).
     #[error("{0}")]
     Unhealthy(&'static str),
@@ -123,7 +126,9 @@ impl ResponseError for AppError {
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable | Self::Unhealthy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable | Self::StoreUnavailable | Self::Unhealthy(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -171,6 +176,13 @@ impl ResponseError for AppError {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                response
+            }
+            Self::StoreUnavailable => {
+                let mut response = error_response(status, "Object store unavailable");
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
                 response
             }
             Self::BodyTimeout => {

@@ -1,5 +1,5 @@
-//! chatfiles: files attached to chat conversations, stored on local disk and SQLite, handed
-//! back through time-limited signed URLs.
+//! chatfiles: files attached to chat conversations, stored on local disk or in an S3-compatible
+//! bucket with their records in SQLite, handed back through time-limited signed URLs.
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
 /// `chatfiles user ...`: account administration on the database.
@@ -34,7 +34,9 @@ pub mod session;
 pub mod signing;
 /// Building and running the server.
 pub mod startup;
-/// Object files on disk: streaming writes, sweep.
+/// What every handler shares.
+pub mod state;
+/// Where the bytes live: the storage directory or an S3-compatible bucket.
 pub mod storage;
 /// Login throttling and the client address it counts by.
 pub mod throttle;

@@ -54,10 +54,11 @@ async fn serve_or_run() -> ExitCode {
         Task::Healthcheck => return chatfiles::routes::health::healthcheck(&config),
         Task::User(action) => return chatfiles::admin::main(&config, action),
     }
-    let app = match Application::build(&config, Arc::new(SystemClock)) {
+    let app = match Application::build(&config, Arc::new(SystemClock)).await {
         Ok(app) => app,
         Err(err) => {
-            // Nothing served yet: the secret, storage, database or address was refused.
+            // Nothing served yet: the secret, storage, database, object store or address was
+            // refused.
             eprintln!("error: {err:#}");
             return ExitCode::from(2);
         }
@@ -80,6 +81,7 @@ async fn serve_or_run() -> ExitCode {
         address = %app.local_addr(),
         metrics = app.metrics_addr().map(tracing::field::display),
         storage = %config.storage_dir.display(),
+        objects = %app.store_description(),
         "chatfiles listening"
     );
     match app.run_until_stopped().await {

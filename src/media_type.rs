@@ -2,6 +2,7 @@
 //! guess from its name; text that turns out to be UTF-8 says so.
 
 use mime::Mime;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 /// What a browser assumes of text without a charset is not UTF-8 (it shows `rÃ©sumÃ©`), so
 /// text found to be UTF-8 carries this parameter.
@@ -120,6 +121,51 @@ impl Utf8Stream {
     pub fn is_utf8(&self) -> bool {
         self.valid && self.pending_len == 0
     }
+}
+
+/// RFC 8187 `attr-char`: everything else in `filename*` is percent-encoded.
+const ATTR_CHAR_ESCAPES: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'!')
+    .remove(b'#')
+    .remove(b'$')
+    .remove(b'&')
+    .remove(b'+')
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'^')
+    .remove(b'_')
+    .remove(b'`')
+    .remove(b'|')
+    .remove(b'~');
+
+/// Whether a browser may show this type in place; anything that can run script (HTML, SVG,
+/// XML…) is always an attachment.
+fn is_inline_type(mime: &str) -> bool {
+    let essence = mime.split(';').next().unwrap_or_default().trim();
+    (essence.starts_with("image/") && essence != "image/svg+xml")
+        || essence.starts_with("audio/")
+        || essence.starts_with("video/")
+        || essence == "application/pdf"
+        || essence == "text/plain"
+}
+
+/// `inline` or `attachment`, with an ASCII `filename=` fallback and the exact name in
+/// `filename*` (RFC 6266 / RFC 8187).
+pub fn content_disposition(name: &str, mime: &str, force_download: bool) -> String {
+    let kind = if force_download || !is_inline_type(mime) {
+        "attachment"
+    } else {
+        "inline"
+    };
+    let fallback: String = name
+        .chars()
+        .map(|c| match c {
+            ' '..='~' if c != '"' && c != '\\' && c != '%' => c,
+            _ => '_',
+        })
+        .collect();
+    let encoded = utf8_percent_encode(name, ATTR_CHAR_ESCAPES);
+    format!("{kind}; filename=\"{fallback}\"; filename*=UTF-8''{encoded}")
 }
 
 #[cfg(test)]

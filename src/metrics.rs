@@ -11,7 +11,7 @@ use prometheus::{
 use crate::db;
 use crate::error::AppError;
 use crate::routes::method_not_allowed;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// Latency buckets, in seconds: from a cached signed download to a large upload.
 const LATENCY_BUCKETS: &[f64] = &[

@@ -127,7 +127,7 @@ impl Stream for IdleTimeout {
 /// Puts the body timeout on a request that has a body.
 fn limit_body_idle(req: &mut ServiceRequest) {
     let Some(idle) = req
-        .app_data::<actix_web::web::Data<crate::startup::AppState>>()
+        .app_data::<actix_web::web::Data<crate::state::AppState>>()
         .map(|state| state.body_timeout)
     else {
         return;
@@ -196,7 +196,7 @@ pub async fn envelope(
     req.extensions_mut().insert(RequestId(id.clone()));
     limit_body_idle(&mut req);
     let state = req
-        .app_data::<actix_web::web::Data<crate::startup::AppState>>()
+        .app_data::<actix_web::web::Data<crate::state::AppState>>()
         .cloned();
     let metrics = state.as_ref().map(|state| state.metrics.clone());
     // Kept for the error path below, which builds a fresh response: a listed origin must still
@@ -381,7 +381,7 @@ pub async fn refuse_cross_site(
     );
     if !safe {
         let state = req
-            .app_data::<actix_web::web::Data<crate::startup::AppState>>()
+            .app_data::<actix_web::web::Data<crate::state::AppState>>()
             .cloned();
         let (public_origin, allowed) = state.as_ref().map_or((None, &[][..]), |s| {
             (s.public_origin.as_deref(), s.cors_origins.as_slice())

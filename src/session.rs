@@ -29,10 +29,13 @@ use crate::db::{self, Db, SessionOwner};
 use crate::error::AppError;
 use crate::middleware::{Shed, note_shed};
 use crate::revocations::Revocations;
-use crate::startup::{SESSION_COOKIE, to_completion};
+use crate::state::to_completion;
 
 const USER_ID: &str = "user_id";
 const EPOCH: &str = "epoch";
+
+/// The cookie Neptun's clients send.
+pub const SESSION_COOKIE: &str = "neptun-session";
 
 /// A session as last read from the database.
 #[derive(Clone)]

@@ -1,5 +1,6 @@
-//! Building the application: storage, secrets, database, sweep, and the HTTP server on its
-//! listener; `run_until_stopped` serves until SIGINT/SIGTERM or a stop through the handle.
+//! Building the application: storage directory, secrets, database, object store, sweep, and the
+//! HTTP server on its listener; `run_until_stopped` serves until SIGINT/SIGTERM or a stop
+//! through the handle.
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -14,154 +15,29 @@ use actix_web::http::header;
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use anyhow::Context;
-
-use ipnet::IpNet;
 use tokio::sync::Semaphore;
 
 use crate::cache::{CacheBudget, ListingCache, ObjectCache};
 use crate::clock::Clock;
 use crate::config::{Config, Signup, public_base};
 use crate::db::{self, Db};
-use crate::error::AppError;
 use crate::metrics::{self, Metrics};
 use crate::middleware::{
     REQUEST_ID, envelope, json_error, not_found, only_matched_cors, query_error, refuse_cross_site,
 };
 use crate::revocations::{self, Revocations};
 use crate::routes;
-use crate::routes::upload::InFlight;
 use crate::secrets::{KeyRing, load_key_ring};
-use crate::session::{CookieKeys, SessionCache, SqliteSessionStore, adopt_previous_cookies};
-use crate::signing::UrlSigner;
-use crate::storage::{Storage, StorageLock};
+use crate::session::{
+    CookieKeys, SESSION_COOKIE, SessionCache, SqliteSessionStore, adopt_previous_cookies,
+};
+use crate::state::AppState;
+use crate::storage::{LocalStore, ObjectStore, S3Store, StorageLock, StoreError};
 use crate::throttle::LoginThrottle;
-
-/// The cookie Neptun's clients send.
-pub const SESSION_COOKIE: &str = "neptun-session";
 /// Largest JSON body accepted (sign-up, login, chats).
 const JSON_LIMIT: usize = 16 * 1024;
 /// How often expired sessions are purged.
 const SESSION_PURGE_EVERY: Duration = Duration::from_secs(600);
-
-/// How long a password check may wait for a free hasher before the request is shed with 503.
-const HASH_WAIT: Duration = Duration::from_secs(5);
-
-/// What every handler shares.
-pub struct AppState {
-    pub db: Db,
-    pub storage: Storage,
-    pub signer: UrlSigner,
-    pub clock: Arc<dyn Clock>,
-    /// Absolute base of download URLs, without a trailing slash.
-    pub public_base: String,
-    /// `scheme://host[:port]` of `--public-url`, when one is configured.
-    pub public_origin: Option<String>,
-    /// Origins allowed to call the API from their pages, with credentials (`--cors-origins`).
-    pub cors_origins: Vec<String>,
-    pub url_ttl_secs: u64,
-    pub max_file_size: u64,
-    /// Bytes each user may store; `None` for no limit.
-    pub user_quota: Option<u64>,
-    /// Longest a request body may stall.
-    pub body_timeout: Duration,
-    pub signup_open: bool,
-    pub metrics: Arc<Metrics>,
-    /// Rows and small objects the download path keeps in memory.
-    pub objects: ObjectCache,
-    /// Chats' recent listings.
-    pub listings: ListingCache,
-    /// Sessions read lately (shared with the session store).
-    pub sessions: Arc<SessionCache>,
-    pub login_throttle: LoginThrottle,
-    /// Proxies whose `X-Forwarded-For` is believed.
-    pub trusted_proxies: Vec<IpNet>,
-    /// Upload bytes per user not yet stored, counted against the quota.
-    pub uploads_in_flight: Arc<InFlight>,
-    /// Argon2 takes ~19 MiB and tens of milliseconds of a core per hash: a flood of logins must
-    /// queue, not exhaust memory or starve everything else.
-    hashers: Arc<Semaphore>,
-}
-
-impl AppState {
-    /// Runs password hashing or checking on the blocking pool, a few at a time.
-    pub async fn hashing<T, F>(&self, f: F) -> Result<T, AppError>
-    where
-        T: Send + 'static,
-        F: FnOnce() -> T + Send + 'static,
-    {
-        let permit = tokio::time::timeout(HASH_WAIT, self.hashers.clone().acquire_owned())
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .ok_or_else(|| {
-                tracing::warn!("password hashing is saturated; shedding a request");
-                AppError::Unavailable
-            })?;
-        Ok(web::block(move || {
-            let _permit = permit;
-            f()
-        })
-        .await?)
-    }
-
-    /// Deletes rows with `f` (which returns the object keys they referenced, or `None` when
-    /// there was nothing to delete), then removes those objects. Runs to the end even if the
-    /// request is dropped halfway (a client reset), so that freed quota never leaves bytes
-    /// behind.
-    pub async fn delete_with_objects<F>(
-        state: &web::Data<Self>,
-        chat_id: i64,
-        f: F,
-    ) -> Result<Option<()>, AppError>
-    where
-        F: FnOnce(&mut rusqlite::Connection) -> Result<Option<Vec<String>>, AppError>
-            + Send
-            + 'static,
-    {
-        let state = state.clone();
-        to_completion(async move {
-            let deleted = state.db.write(f).await;
-            // Before the answer: from now on, the chat's listing is read afresh, and the keys'
-            // signed URLs find nothing.
-            state.listings.forget(chat_id);
-            let Some(keys) = deleted? else {
-                return Ok(None);
-            };
-            state.objects.forget(&keys);
-            state.remove_objects(keys).await;
-            Ok(Some(()))
-        })
-        .await
-    }
-
-    /// Removes objects whose rows are gone. A failure only leaves an orphan for the next
-    /// start's sweep, so it is logged, not returned.
-    pub async fn remove_objects(&self, keys: Vec<String>) {
-        if keys.is_empty() {
-            return;
-        }
-        // Crash tests stop here: rows deleted (durably), bytes still on disk.
-        #[cfg(feature = "failpoints")]
-        if web::block(|| fail::fail_point!("remove-objects"))
-            .await
-            .is_err()
-        {
-            return;
-        }
-        let storage = self.storage.clone();
-        let result = web::block(move || {
-            for key in &keys {
-                if let Err(err) = storage.remove(key) {
-                    tracing::warn!(object = %key, error = %err, "could not remove an object; the next start sweeps it");
-                }
-            }
-        })
-        .await;
-        if let Err(err) = result {
-            tracing::warn!(error = %err, "object removal did not run");
-        }
-    }
-}
 
 /// CORS for the configured origins only: credentials allowed, preflights answered (and cached
 /// for 10 minutes); any other origin gets no CORS headers, and its preflights a 400.
@@ -184,16 +60,6 @@ fn cors(origins: &[String]) -> Cors {
     cors
 }
 
-/// Runs `work` on its own task and waits for it. Dropping the waiting request (a client that
-/// resets its connection) does not stop it: for sequences that must not end halfway.
-pub async fn to_completion<T: 'static>(
-    work: impl std::future::Future<Output = Result<T, AppError>> + 'static,
-) -> Result<T, AppError> {
-    actix_web::rt::spawn(work)
-        .await
-        .map_err(|e| AppError::Internal(anyhow::anyhow!("a background step failed: {e}")))?
-}
-
 /// A built, bound, not yet running service.
 pub struct Application {
     server: Server,
@@ -201,6 +67,7 @@ pub struct Application {
     metrics_server: Option<(Server, SocketAddr)>,
     addr: SocketAddr,
     db: Db,
+    store: ObjectStore,
     clock: Arc<dyn Clock>,
     /// Held while the service runs: no second service, and no `check --repair`, on the same
     /// storage directory.
@@ -212,7 +79,7 @@ pub struct Application {
 
 impl Application {
     /// Prepares everything and binds the listener; requests are accepted once it runs.
-    pub fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+    pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         // A moment's grace for a previous instance that is still letting go.
         let lock = StorageLock::acquire(&config.storage_dir, Duration::from_secs(2))
             .with_context(|| {
@@ -227,12 +94,7 @@ impl Application {
                     config.storage_dir.display()
                 )
             })?;
-        let storage = Storage::open(&config.storage_dir).with_context(|| {
-            format!(
-                "cannot prepare storage directory {}",
-                config.storage_dir.display()
-            )
-        })?;
+        let store = open_store(config, &config.object_store).await?;
         let KeyRing {
             current: keys,
             previous_sessions,
@@ -256,23 +118,7 @@ impl Application {
             })
             .ok();
         let sessions = Arc::new(SessionCache::new(revocations));
-        {
-            let conn = db.get().map_err(|e| anyhow::anyhow!("{e}"))?;
-            let referenced = db::all_object_keys(&conn).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let report = storage
-                .sweep(&referenced)
-                .context("start-up sweep failed")?;
-            if report.temp_files + report.orphans > 0 {
-                tracing::info!(
-                    temp_files = report.temp_files,
-                    orphans = report.orphans,
-                    "swept leftovers of an interrupted run"
-                );
-            }
-            let purged = db::purge_expired_sessions(&conn, clock.unix())
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            tracing::debug!(purged, "purged expired sessions");
-        }
+        sweep(&db, &store, clock.unix()).await?;
         routes::auth::warm_up();
 
         let listener = TcpListener::bind(config.bind)
@@ -284,7 +130,7 @@ impl Application {
         let cache_budget = CacheBudget::split(config.memory_cache);
         let state = web::Data::new(AppState {
             db: db.clone(),
-            storage,
+            store,
             signer: keys.urls,
             clock: clock.clone(),
             public_base,
@@ -317,6 +163,7 @@ impl Application {
             i64::try_from(config.session_ttl.as_secs()).unwrap_or(i64::MAX),
         );
 
+        let objects = state.store.clone();
         let cors_origins = config.cors_origins.clone();
         let serve_metrics_here = config.metrics_bind.is_none();
         let metrics_server = match config.metrics_bind {
@@ -383,10 +230,16 @@ impl Application {
             metrics_server,
             addr,
             db,
+            store: objects,
             clock,
             lock,
             signals: ShutdownSignals::listen(),
         })
+    }
+
+    /// Where the objects are (`local (…)` or `s3://bucket/prefix/ at <endpoint>`).
+    pub fn store_description(&self) -> String {
+        self.store.describe()
     }
 
     /// The address actually bound (useful with port 0).
@@ -432,6 +285,58 @@ impl Application {
         drop(self.lock);
         result
     }
+}
+
+/// Opens the object store `target` names with the configuration's S3 settings; an S3 bucket
+/// must answer, accept the credentials and take a write, or the start stops naming why.
+pub async fn open_store(
+    config: &Config,
+    target: &crate::config::StoreTarget,
+) -> anyhow::Result<ObjectStore> {
+    let Some(settings) = config.s3_settings(target) else {
+        let local = LocalStore::open(&config.storage_dir).with_context(|| {
+            format!(
+                "cannot prepare storage directory {}",
+                config.storage_dir.display()
+            )
+        })?;
+        return Ok(ObjectStore::Local(local));
+    };
+    let s3 = S3Store::new(&settings, config.max_file_size)?;
+    match s3.probe().await {
+        Ok(()) => Ok(ObjectStore::S3(s3)),
+        Err(StoreError::Unavailable(reason)) => {
+            anyhow::bail!("object store {}: {reason}", s3.describe())
+        }
+        Err(err) => anyhow::bail!("object store {}: {err}", s3.describe()),
+    }
+}
+
+/// Purges expired sessions and removes what an interrupted run left in the object store: the
+/// pending objects no row keeps (and, locally, temp files and strays).
+async fn sweep(db: &Db, store: &ObjectStore, now: i64) -> anyhow::Result<()> {
+    let (referenced, pending) = db
+        .run(|conn| Ok((db::all_object_keys(conn)?, db::pending_keys(conn)?)))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot read the database: {e}"))?;
+    let report = store
+        .sweep(referenced, pending.clone())
+        .await
+        .context("start-up sweep failed")?;
+    if report.temp_files + report.orphans > 0 {
+        tracing::info!(
+            temp_files = report.temp_files,
+            orphans = report.orphans,
+            "swept leftovers of an interrupted run"
+        );
+    }
+    db.write(move |conn| {
+        db::clear_pending(conn, &pending)?;
+        db::purge_expired_sessions(conn, now)
+    })
+    .await
+    .map(|purged| tracing::debug!(purged, "purged expired sessions"))
+    .map_err(|e| anyhow::anyhow!("cannot write the database: {e}"))
 }
 
 /// A one-worker server for `/metrics` alone, on its own (usually internal) address.

@@ -8,16 +8,18 @@ use std::time::Duration;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::parser::ValueSource;
-use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use ipnet::IpNet;
 use secrecy::SecretString;
 use url::Url;
 
 use super::values::{
-    parse_origin, parse_proxy, parse_public_url, parse_session_ttl, parse_size, parse_size_or_zero,
-    parse_timeout, parse_url_ttl,
+    StoreTarget, parse_object_store, parse_origin, parse_proxy, parse_public_url,
+    parse_s3_endpoint, parse_session_ttl, parse_size, parse_size_or_zero, parse_timeout,
+    parse_url_ttl,
 };
 use super::{Config, LogFormat, PREVIOUS_SECRETS_ENV, SECRET_ENV, Signup};
+use crate::storage::Downloads;
 
 /// The settings that only the environment carries, shown under `chatfiles --help`.
 const ENVIRONMENT_HELP: &str = "\
@@ -27,10 +29,13 @@ Environment only (never flags, which show up in `ps` and shell history):
                               generated into <storage>/secret.key
   CHATFILES_PREVIOUS_SECRETS  older master secrets, comma-separated, whose signed URLs and
                               cookies stay valid while a rotation runs out
+  AWS_ACCESS_KEY_ID           with --object-store s3://…: the credentials, under the standard
+  AWS_SECRET_ACCESS_KEY       names (AWS_SESSION_TOKEN too, for temporary ones)
   RUST_LOG                    log level filter, e.g. debug or warn,chatfiles=info (default: info)
 
 Exit status: 0 stopped cleanly (SIGINT or SIGTERM); 1 failed while running; 2 could not start
-(a flag or environment value, the secret, the storage directory or the database refused).";
+(a flag or environment value, the secret, the storage directory, the database or the object
+store refused).";
 
 /// The command line as clap sees it; [`Cli::from_env_and_args`] turns it into an
 /// [`Invocation`].
@@ -67,6 +72,8 @@ pub enum Command {
         /// Also remove orphaned objects and temp files (refused while the service runs on the same storage directory). Rows whose bytes are gone are reported, never deleted.
         #[arg(long)]
         repair: bool,
+        #[command(flatten)]
+        store: Box<StoreArgs>,
     },
     /// Ask the running service's /health at --bind, for container health checks without curl.
     #[command(after_help = "Exit status: 0 healthy (200); 1 unhealthy or unreachable.")]
@@ -225,6 +232,76 @@ pub struct ServerArgs {
         hide_env = true
     )]
     pub metrics_bind: Option<SocketAddr>,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+/// Where the bytes live: the flags of `serve`, `check` and `migrate`. S3 credentials come from
+/// the environment only.
+#[derive(Debug, Clone, PartialEq, Args)]
+#[command(next_help_heading = "Object store options")]
+pub struct StoreArgs {
+    /// Where files' bytes go: local (under <storage>/objects) or s3://BUCKET[/PREFIX].
+    #[arg(
+        long,
+        value_name = "STORE",
+        env = "CHATFILES_OBJECT_STORE",
+        hide_env_values = true,
+        default_value = "local",
+        value_parser = parse_object_store
+    )]
+    pub object_store: StoreTarget,
+    /// The S3 API's URL, e.g. http://127.0.0.1:8333 [env: CHATFILES_S3_ENDPOINT] [default: AWS's endpoint for --s3-region]
+    #[arg(long, value_name = "URL", env = "CHATFILES_S3_ENDPOINT", hide_env = true, value_parser = parse_s3_endpoint)]
+    pub s3_endpoint: Option<Url>,
+    /// The S3 endpoint as clients reach it, for direct download URLs (SigV4 signs the host) [env: CHATFILES_S3_PUBLIC_ENDPOINT] [default: --s3-endpoint]
+    #[arg(long, value_name = "URL", env = "CHATFILES_S3_PUBLIC_ENDPOINT", hide_env = true, value_parser = parse_s3_endpoint)]
+    pub s3_public_endpoint: Option<Url>,
+    /// The region requests are signed for.
+    #[arg(
+        long,
+        value_name = "REGION",
+        env = "CHATFILES_S3_REGION",
+        hide_env_values = true,
+        default_value = "us-east-1",
+        value_parser = parse_region
+    )]
+    pub s3_region: String,
+    /// Address the bucket as <endpoint>/<bucket> (SeaweedFS, MinIO, Garage) rather than <bucket>.<endpoint> (AWS, R2).
+    #[arg(
+        long,
+        value_name = "BOOL",
+        env = "CHATFILES_S3_PATH_STYLE",
+        hide_env_values = true,
+        default_value = "false",
+        action = ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub s3_path_style: bool,
+    /// direct: each file's url is a presigned URL to the store; proxy: our /files/{key}, the bytes streamed from the store.
+    #[arg(
+        long,
+        value_name = "MODE",
+        env = "CHATFILES_S3_DOWNLOADS",
+        hide_env_values = true,
+        value_enum,
+        default_value = "direct"
+    )]
+    pub s3_downloads: Downloads,
+}
+
+/// A region name as AWS spells them (`us-east-1`), or another store's own (`garage`).
+fn parse_region(value: &str) -> Result<String, String> {
+    let ok = !value.is_empty()
+        && value.len() <= 64
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok {
+        Ok(value.to_owned())
+    } else {
+        Err("expected a region such as us-east-1 (lowercase letters, digits, - and _)".into())
+    }
 }
 
 /// `chatfiles healthcheck`'s flags.
@@ -284,6 +361,7 @@ impl Cli {
                     .collect()
             })
             .unwrap_or_default();
+        invocation.config.read_s3_credentials();
         invocation
     }
 
@@ -337,7 +415,11 @@ impl Cli {
         let (task, server, probe) = match command {
             None => (Task::Serve, server, None),
             Some(Command::Serve(args)) => (Task::Serve, *args, None),
-            Some(Command::Check { repair }) => (Task::Check { repair }, server, None),
+            Some(Command::Check { repair, store }) => {
+                let mut server = server;
+                server.store = *store;
+                (Task::Check { repair }, server, None)
+            }
             Some(Command::Healthcheck(probe)) => (Task::Healthcheck, server, Some(probe)),
             Some(Command::User { action }) => (Task::User(action), server, None),
         };

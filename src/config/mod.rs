@@ -24,15 +24,36 @@ use secrecy::SecretString;
 use url::Url;
 
 pub use cli::{
-    Cli, Command, GlobalArgs, Invocation, ProbeArgs, ServerArgs, Task, UserAction, one_line,
+    Cli, Command, GlobalArgs, Invocation, ProbeArgs, ServerArgs, StoreArgs, Task, UserAction,
+    one_line,
 };
-pub use values::{format_duration, format_size, parse_size};
+pub use values::{StoreTarget, format_duration, format_size, parse_object_store, parse_size};
+
+use crate::storage::{Downloads, S3Credentials, S3Settings};
 
 /// Name of the environment variable holding the master secret. Never a flag: flags show up in
 /// `ps` and shell history.
 pub const SECRET_ENV: &str = "CHATFILES_SECRET";
 /// Older master secrets (comma-separated), still accepted for URLs and cookies made under them.
 pub const PREVIOUS_SECRETS_ENV: &str = "CHATFILES_PREVIOUS_SECRETS";
+/// The S3 credentials, under the names every S3 tool reads.
+pub const ACCESS_KEY_ENV: &str = "AWS_ACCESS_KEY_ID";
+pub const SECRET_KEY_ENV: &str = "AWS_SECRET_ACCESS_KEY";
+pub const SESSION_TOKEN_ENV: &str = "AWS_SESSION_TOKEN";
+
+/// How to reach an S3-compatible store (the `--s3-*` flags), whichever bucket is used.
+#[derive(Debug, Clone)]
+pub struct S3Options {
+    /// `None`: AWS's endpoint for the region.
+    pub endpoint: Option<Url>,
+    /// `None`: the endpoint.
+    pub public_endpoint: Option<Url>,
+    pub region: String,
+    pub path_style: bool,
+    pub downloads: Downloads,
+    /// From the environment only.
+    pub credentials: Option<S3Credentials>,
+}
 
 /// Whether new accounts can be created through `POST /api/auth/sign-up`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -100,6 +121,9 @@ pub struct Config {
     pub secret: Option<SecretString>,
     /// Previous master secrets, from the environment only (see `PREVIOUS_SECRETS_ENV`).
     pub previous_secrets: Vec<SecretString>,
+    /// Where files' bytes go.
+    pub object_store: StoreTarget,
+    pub s3: S3Options,
 }
 
 impl Config {
@@ -126,6 +150,15 @@ impl Config {
             log_format: LogFormat::Text,
             secret: None,
             previous_secrets: Vec::new(),
+            object_store: StoreTarget::Local,
+            s3: S3Options {
+                endpoint: None,
+                public_endpoint: None,
+                region: "us-east-1".into(),
+                path_style: false,
+                downloads: Downloads::Direct,
+                credentials: None,
+            },
         }
     }
 
@@ -151,6 +184,7 @@ impl Config {
             keep_alive,
             cors_origins,
             metrics_bind,
+            store,
         } = server;
         Self {
             bind,
@@ -173,7 +207,54 @@ impl Config {
             log_format,
             secret: None,
             previous_secrets: Vec::new(),
+            object_store: store.object_store,
+            s3: S3Options {
+                endpoint: store.s3_endpoint,
+                public_endpoint: store.s3_public_endpoint,
+                region: store.s3_region,
+                path_style: store.s3_path_style,
+                downloads: store.s3_downloads,
+                credentials: None,
+            },
         }
+    }
+
+    /// The S3 settings for `target`, or `None` for local storage.
+    pub fn s3_settings(&self, target: &StoreTarget) -> Option<S3Settings> {
+        let StoreTarget::S3 { bucket, prefix } = target else {
+            return None;
+        };
+        let endpoint = self.s3.endpoint.clone().unwrap_or_else(|| {
+            let aws = format!("https://s3.{}.amazonaws.com", self.s3.region);
+            Url::parse(&aws).unwrap_or_else(|_| unreachable!("a region is a valid host label"))
+        });
+        Some(S3Settings {
+            bucket: bucket.clone(),
+            prefix: prefix.clone(),
+            public_endpoint: self
+                .s3
+                .public_endpoint
+                .clone()
+                .unwrap_or_else(|| endpoint.clone()),
+            endpoint,
+            region: self.s3.region.clone(),
+            path_style: self.s3.path_style,
+            downloads: self.s3.downloads,
+            credentials: self.s3.credentials.clone(),
+        })
+    }
+
+    /// Reads the S3 credentials from their standard variables (empty means unset).
+    pub fn read_s3_credentials(&mut self) {
+        let var = |name| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        self.s3.credentials = match (var(ACCESS_KEY_ENV), var(SECRET_KEY_ENV)) {
+            (Some(access_key_id), Some(secret)) => Some(S3Credentials {
+                access_key_id,
+                secret_access_key: SecretString::from(secret),
+                session_token: var(SESSION_TOKEN_ENV).map(SecretString::from),
+            }),
+            _ => None,
+        };
     }
 
     /// The database file, defaulting to `<storage>/chatfiles.db`.

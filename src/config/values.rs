@@ -1,5 +1,5 @@
 //! The values the flags take, parsed and formatted: durations within their ranges, sizes, URLs,
-//! CORS origins and trusted proxies.
+//! CORS origins, trusted proxies and object stores.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -86,6 +86,73 @@ pub(super) fn parse_public_url(value: &str) -> Result<Url, String> {
     }
     if !url.username().is_empty() || url.password().is_some() {
         return Err("must not carry credentials".into());
+    }
+    Ok(url)
+}
+
+/// Where objects go, as `--object-store` (and `migrate --to`) name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreTarget {
+    /// `local`: `<storage>/objects`.
+    Local,
+    /// `s3://BUCKET[/PREFIX]`; the prefix is empty or ends with `/`.
+    S3 { bucket: String, prefix: String },
+}
+
+/// `local` or `s3://BUCKET[/PREFIX]`, with a bucket name as S3 allows it (3 to 63 lowercase
+/// letters, digits, dots and hyphens, starting and ending with a letter or digit) and a prefix
+/// of plain path segments.
+pub fn parse_object_store(value: &str) -> Result<StoreTarget, String> {
+    if value == "local" {
+        return Ok(StoreTarget::Local);
+    }
+    let rest = value
+        .strip_prefix("s3://")
+        .ok_or("expected local or s3://BUCKET[/PREFIX]")?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let bucket_ok = (3..=63).contains(&bucket.len())
+        && bucket
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
+        && edge(bucket.chars().next())
+        && edge(bucket.chars().last())
+        && !bucket.contains("..");
+    if !bucket_ok {
+        return Err(format!(
+            "bucket name {bucket:?} is not one S3 allows (3-63 lowercase letters, digits, dots, hyphens)"
+        ));
+    }
+    let prefix = prefix.trim_end_matches('/');
+    let segments_ok = prefix.is_empty()
+        || prefix.split('/').all(|segment| {
+            !segment.is_empty()
+                && segment != "."
+                && segment != ".."
+                && segment
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.!*'()".contains(c))
+        });
+    if !segments_ok {
+        return Err(format!(
+            "prefix {prefix:?} must be path segments of letters, digits and -_.!*'()"
+        ));
+    }
+    Ok(StoreTarget::S3 {
+        bucket: bucket.to_owned(),
+        prefix: if prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{prefix}/")
+        },
+    })
+}
+
+/// An S3 endpoint: an http(s) URL of a host, without path, query or credentials.
+pub(super) fn parse_s3_endpoint(value: &str) -> Result<Url, String> {
+    let url = parse_public_url(value)?;
+    if url.path() != "/" {
+        return Err("must be the endpoint's root, without a path".into());
     }
     Ok(url)
 }

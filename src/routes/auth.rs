@@ -20,7 +20,7 @@ use crate::routes::openapi::{
     Unauthorized, Unavailable,
 };
 use crate::session::{self, AuthUser, LoggedUser};
-use crate::startup::{AppState, to_completion};
+use crate::state::{AppState, to_completion};
 use crate::throttle::client_address;
 
 const MIN_PASSWORD_CHARS: usize = 8;

@@ -11,7 +11,7 @@ use crate::routes::openapi::{
     Unavailable,
 };
 use crate::routes::{ChatPath, UserPath, method_not_allowed_after_login};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 const MAX_NAME_CHARS: usize = 255;
 const MAX_MODEL_CHARS: usize = 100;
@@ -163,8 +163,9 @@ async fn create_chat(
     )
 )]
 async fn delete_chat(state: web::Data<AppState>, path: ChatPath) -> Result<HttpResponse, AppError> {
+    let now = state.clock.unix();
     AppState::delete_with_objects(&state, path.chat_id, move |conn| {
-        db::delete_chat(conn, path.user_id, path.chat_id)
+        db::delete_chat(conn, path.user_id, path.chat_id, now)
     })
     .await?
     .ok_or(AppError::NotFound("Chat not found"))?;

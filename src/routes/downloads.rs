@@ -1,7 +1,6 @@
 //! `GET|HEAD /files/{key}`: the bytes behind a signed URL, with ranges, validators and the
 //! headers that keep a hostile upload from doing harm in a browser.
 
-use std::io::{Read, Seek, SeekFrom};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -11,24 +10,18 @@ use actix_web::http::{Method, StatusCode};
 use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder, web};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
-use tokio::io::AsyncReadExt;
-use tokio_util::io::ReaderStream;
 
 use crate::cache::{MAX_CACHED_OBJECT, ObjectMark};
 use crate::clock::rfc3339;
 use crate::db::{self, FileRow};
 use crate::error::AppError;
+use crate::media_type::content_disposition;
 use crate::metrics::Rejection;
 use crate::routes::method_not_allowed;
 use crate::routes::openapi::{ErrorResponse, Unavailable};
 use crate::signing::SignatureError;
-use crate::startup::AppState;
-use crate::storage;
-
-/// Bodies up to this size are read in one go; larger ones are streamed.
-const SMALL_BODY: u64 = 1024 * 1024;
-const STREAM_CHUNK: usize = 256 * 1024;
+use crate::state::AppState;
+use crate::storage::{self, ObjectBody};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -37,51 +30,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::head().to(download))
             .default_service(method_not_allowed("GET, HEAD")),
     );
-}
-
-/// RFC 8187 `attr-char`: everything else in `filename*` is percent-encoded.
-const ATTR_CHAR_ESCAPES: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'!')
-    .remove(b'#')
-    .remove(b'$')
-    .remove(b'&')
-    .remove(b'+')
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'^')
-    .remove(b'_')
-    .remove(b'`')
-    .remove(b'|')
-    .remove(b'~');
-
-/// Whether a browser may show this type in place; anything that can run script (HTML, SVG,
-/// XML…) is always an attachment.
-fn is_inline_type(mime: &str) -> bool {
-    let essence = mime.split(';').next().unwrap_or_default().trim();
-    (essence.starts_with("image/") && essence != "image/svg+xml")
-        || essence.starts_with("audio/")
-        || essence.starts_with("video/")
-        || essence == "application/pdf"
-        || essence == "text/plain"
-}
-
-/// `inline` or `attachment`, with an ASCII `filename=` fallback and the exact name in
-/// `filename*` (RFC 6266 / RFC 8187).
-pub fn content_disposition(name: &str, mime: &str, force_download: bool) -> String {
-    let kind = if force_download || !is_inline_type(mime) {
-        "attachment"
-    } else {
-        "inline"
-    };
-    let fallback: String = name
-        .chars()
-        .map(|c| match c {
-            ' '..='~' if c != '"' && c != '\\' && c != '%' => c,
-            _ => '_',
-        })
-        .collect();
-    let encoded = utf8_percent_encode(name, ATTR_CHAR_ESCAPES);
-    format!("{kind}; filename=\"{fallback}\"; filename*=UTF-8''{encoded}")
 }
 
 /// The byte range to serve, per RFC 9110 §14.
@@ -367,34 +315,19 @@ async fn small_object(
     if let Some(bytes) = state.objects.body(&row.object_key) {
         return Ok(bytes);
     }
-    let path = state
-        .storage
-        .object_path(&row.object_key)
-        .ok_or(AppError::NotFound("File not found"))?;
-    let expected = row.size;
-    let read = web::block(move || match std::fs::read(&path) {
-        Ok(bytes) if bytes.len() as u64 == expected => Ok(Bytes::from(bytes)),
-        Ok(bytes) => Err(AppError::Internal(anyhow::anyhow!(
-            "object {} is {} bytes on disk, {expected} in the database",
-            path.display(),
-            bytes.len()
-        ))),
-        // Deleted between the lookup and now.
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            Err(AppError::NotFound("File not found"))
-        }
-        Err(err) => Err(err.into()),
-    })
-    .await??;
+    let read = state
+        .store
+        .read(&row.object_key, 0, row.size, row.size)
+        .await?
+        .collect()
+        .await?;
     state
         .objects
         .insert_body(&row.object_key, read.clone(), mark);
     Ok(read)
 }
 
-/// An open object, and its requested bytes when they are few enough to read at once.
-type Opened = (std::fs::File, Option<Vec<u8>>);
-
+/// The requested bytes of a larger object, sent as they come from the store.
 async fn body(
     state: &AppState,
     mut response: HttpResponseBuilder,
@@ -402,48 +335,20 @@ async fn body(
     start: u64,
     len: u64,
 ) -> Result<HttpResponse, AppError> {
-    let path = state
-        .storage
-        .object_path(&row.object_key)
-        .ok_or(AppError::NotFound("File not found"))?;
-    let expected = row.size;
-    let opened = web::block(move || -> std::io::Result<Result<Opened, AppError>> {
-        let mut file = match std::fs::File::open(&path) {
-            Ok(file) => file,
-            // Deleted between the lookup and now.
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(Err(AppError::NotFound("File not found")));
-            }
-            Err(err) => return Err(err),
-        };
-        let actual = file.metadata()?.len();
-        if actual != expected {
-            return Ok(Err(AppError::Internal(anyhow::anyhow!(
-                "object {} is {actual} bytes on disk, {expected} in the database",
-                path.display()
-            ))));
-        }
-        file.seek(SeekFrom::Start(start))?;
-        if len <= SMALL_BODY {
-            let mut buf = Vec::with_capacity(len as usize);
-            (&mut file).take(len).read_to_end(&mut buf)?;
-            return Ok(Ok((file, Some(buf))));
-        }
-        Ok(Ok((file, None)))
-    })
-    .await??;
-    let (file, small) = opened?;
     let sent = state.metrics.downloaded_bytes.clone();
-    match small {
-        Some(bytes) => {
+    match state
+        .store
+        .read(&row.object_key, start, len, row.size)
+        .await?
+    {
+        ObjectBody::Whole(bytes) => {
             // Handed to the connection in one write.
             sent.inc_by(len);
             Ok(response.body(bytes))
         }
-        None => {
-            let reader = tokio::fs::File::from_std(file).take(len);
+        ObjectBody::Stream(stream) => {
             // Counted as the chunks go out, so that a client hanging up early counts less.
-            let stream = ReaderStream::with_capacity(reader, STREAM_CHUNK).inspect(move |chunk| {
+            let stream = stream.inspect(move |chunk| {
                 if let Ok(chunk) = chunk {
                     sent.inc_by(chunk.len() as u64);
                 }

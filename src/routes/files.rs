@@ -15,7 +15,7 @@ use crate::routes::openapi::{
 };
 use crate::routes::upload::{self, Limits, receive_files};
 use crate::routes::{ChatFile, ChatPath, FilePath, method_not_allowed_after_login};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(

@@ -15,7 +15,8 @@ use crate::config::Config;
 use crate::error::AppError;
 use crate::routes::method_not_allowed;
 use crate::routes::openapi::ErrorResponse;
-use crate::startup::AppState;
+use crate::state::AppState;
+use crate::storage::StoreError;
 
 /// How long `chatfiles healthcheck` waits for the answer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -41,8 +42,8 @@ pub enum HealthStatus {
     Ok,
 }
 
-/// 200 `{"status":"ok"}` when a query reads the database and the storage directory takes a
-/// write (temp area and objects); 503 in the
+/// 200 `{"status":"ok"}` when a query reads the database and the object store takes a write
+/// (locally: the temp area and the objects directory; S3: a small probe object); 503 in the
 /// contract's error shape, naming the part that failed, otherwise.
 #[utoipa::path(
     method(get, head),
@@ -50,10 +51,11 @@ pub enum HealthStatus {
     tag = "operations",
     summary = "Whether the service can serve",
     responses(
-        (status = 200, description = "A query runs and the storage directory takes a write",
+        (status = 200, description = "A query runs and the object store takes a write",
             body = HealthResponse),
-        (status = 503, description = "`Database unavailable` or `Storage is not writable`",
-            body = ErrorResponse),
+        (status = 503, description = "`Database unavailable`, `Storage is not writable` (the \
+            storage directory) or `Object store unavailable` (S3 does not answer or refuses the \
+            credentials)", body = ErrorResponse),
     )
 )]
 async fn health(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
@@ -72,11 +74,16 @@ async fn health(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
         tracing::warn!(error = %err, "health: the database does not answer");
         return Err(AppError::Unhealthy("Database unavailable"));
     }
-    let storage = state.storage.clone();
-    let writable = web::block(move || storage.probe()).await;
-    if let Err(err) = writable.map_err(AppError::from).and_then(|r| Ok(r?)) {
-        tracing::warn!(error = %err, "health: the storage directory takes no writes");
-        return Err(AppError::Unhealthy("Storage is not writable"));
+    match state.store.probe().await {
+        Ok(()) => {}
+        Err(StoreError::Unavailable(reason)) => {
+            tracing::warn!(%reason, "health: the object store does not answer");
+            return Err(AppError::Unhealthy("Object store unavailable"));
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "health: the storage takes no writes");
+            return Err(AppError::Unhealthy("Storage is not writable"));
+        }
     }
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))

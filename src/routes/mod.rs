@@ -18,8 +18,9 @@ use utoipa::IntoParams;
 use crate::clock::rfc3339;
 use crate::db::FileRow;
 use crate::error::AppError;
+use crate::media_type::content_disposition;
 use crate::session::AuthUser;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// Parses a path id: a positive integer that fits in an i64, written in plain digits.
 pub fn parse_id(raw: &str, what: &'static str) -> Result<i64, AppError> {
@@ -157,22 +158,35 @@ pub struct ChatFile {
     /// RFC 3339 UTC to the second, e.g. `2024-03-20T10:00:00Z`.
     #[schema(format = DateTime)]
     pub created_at: String,
-    /// Absolute, time-limited signed URL of the bytes (`GET /files/{key}`).
+    /// Absolute, time-limited signed URL of the bytes: `GET /files/{key}`, or with S3 storage
+    /// in direct mode a presigned URL straight to the object store.
     #[schema(format = "uri")]
     pub url: String,
 }
 
 impl AppState {
-    /// The API view of a stored file, with a signed URL valid from now for the URL TTL.
+    /// The API view of a stored file, with a URL valid until `expires`: presigned straight to
+    /// the object store when downloads go direct, else our own signed `/files/{key}`.
     pub fn chat_file(&self, row: FileRow, expires: i64, download: bool) -> ChatFile {
-        // Sized for the whole URL: the query adds some 90 bytes.
-        let mut url = String::with_capacity(self.public_base.len() + row.object_key.len() + 128);
-        url.push_str(&self.public_base);
-        url.push_str("/files/");
-        url.push_str(&row.object_key);
-        url.push('?');
-        self.signer
-            .push_query(&mut url, &row.object_key, expires, download);
+        let direct = self.store.direct_url(
+            &row.object_key,
+            &row.mime,
+            || content_disposition(&row.name, &row.mime, download),
+            expires,
+            self.url_ttl_secs,
+        );
+        let url = direct.unwrap_or_else(|| {
+            // Sized for the whole URL: the query adds some 90 bytes.
+            let mut url =
+                String::with_capacity(self.public_base.len() + row.object_key.len() + 128);
+            url.push_str(&self.public_base);
+            url.push_str("/files/");
+            url.push_str(&row.object_key);
+            url.push('?');
+            self.signer
+                .push_query(&mut url, &row.object_key, expires, download);
+            url
+        });
         ChatFile {
             id: row.id,
             chat_conversation_id: row.chat_id,

@@ -14,7 +14,7 @@ use utoipa::{Modify, OpenApi, ToResponse};
 
 use crate::error::AppError;
 use crate::routes::{auth, chats, downloads, files, health, method_not_allowed};
-use crate::startup::SESSION_COOKIE;
+use crate::session::SESSION_COOKIE;
 
 /// The name of the cookie security scheme in the document (the handlers' `security(...)` spell
 /// it out, as the macro wants a literal).

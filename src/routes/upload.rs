@@ -1,5 +1,5 @@
-//! Receiving uploads: each `file` part is streamed to a temp file while hashed and counted,
-//! then all of a request's files are committed together, or none.
+//! Receiving uploads: each `file` part is streamed into a new object of the store while hashed
+//! and counted, then all of a request's files are committed together, or none.
 
 use std::collections::HashMap;
 use std::io;
@@ -12,17 +12,14 @@ use actix_multipart::{Field, Multipart, MultipartError};
 use actix_web::error::PayloadError;
 use actix_web::http::header::HeaderMap;
 use actix_web::web;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 
 use crate::db::{self, FileRow, Inserted, NewFile};
 use crate::error::AppError;
 use crate::media_type::{self, Utf8Stream};
-use crate::startup::{AppState, to_completion};
-use crate::storage::{self, TempObject};
-
-/// Bytes gathered before one trip to the blocking pool to write them.
-const WRITE_BATCH: usize = 256 * 1024;
+use crate::state::{AppState, to_completion};
+use crate::storage::{self, ObjectWriter};
 /// Parts of any name in one request.
 const MAX_PARTS: usize = 100;
 /// Bytes of a part that is not a file (ignored, but read).
@@ -39,9 +36,9 @@ const MAX_NAME_BYTES: usize = 255;
 const MAX_EXTENSION_BYTES: usize = 16;
 const FALLBACK_NAME: &str = "file";
 
-/// A file received into the temp area, not yet committed.
+/// A file received into the store, not yet committed (its key pending in the journal).
 pub struct Received {
-    temp: TempObject,
+    object: ObjectWriter,
     name: String,
     mime: String,
     sha256: String,
@@ -327,8 +324,7 @@ pub async fn receive_files(
         )),
         Ok(()) => Ok((received, reader.hold.take())),
         Err(err) => {
-            // Deleting temp files is blocking work: do it off the async worker.
-            let _ = web::block(move || drop((received, current))).await;
+            discard(state, received, current).await;
             // Reading the rest lets the client see our answer rather than a reset connection.
             if matches!(
                 err,
@@ -341,11 +337,33 @@ pub async fn receive_files(
     }
 }
 
+/// Gives up received objects (and the one being written) without leaving anything behind, and
+/// forgets their keys; a key whose object may remain stays pending for the next start.
+async fn discard(state: &AppState, received: Vec<Received>, current: Option<ObjectWriter>) {
+    let mut gone = Vec::new();
+    for object in received.into_iter().map(|r| r.object).chain(current) {
+        let key = object.key().to_owned();
+        if object.discard().await {
+            gone.push(key);
+        }
+    }
+    if gone.is_empty() {
+        return;
+    }
+    if let Err(err) = state
+        .db
+        .write(move |conn| db::clear_pending(conn, &gone))
+        .await
+    {
+        tracing::warn!(error = %err, "could not clear discarded uploads from the journal");
+    }
+}
+
 async fn read_parts(
     reader: &mut Reader<'_>,
     multipart: &mut Multipart,
     received: &mut Vec<Received>,
-    current: &mut Option<TempObject>,
+    current: &mut Option<ObjectWriter>,
 ) -> Result<(), AppError> {
     let mut parts = 0;
     while let Some(field) = multipart.next().await {
@@ -365,10 +383,11 @@ async fn read_parts(
         let name = sanitize_name(&raw_name);
         let mime = media_type::declared_or_guessed(field.content_type(), &name);
         let mut utf8 = media_type::wants_charset(&mime).then(Utf8Stream::default);
-        let (sha256, size) = receive_part(reader, &mut field, current, utf8.as_mut()).await?;
-        if let Some(temp) = current.take() {
+        let (sha256, size) =
+            receive_part(reader, &mut field, &mime, current, utf8.as_mut()).await?;
+        if let Some(object) = current.take() {
             received.push(Received {
-                temp,
+                object,
                 name,
                 mime: media_type::with_charset(mime, utf8.is_some_and(|u| u.is_utf8())),
                 sha256,
@@ -393,23 +412,32 @@ async fn skip_part(reader: &Reader<'_>, field: &mut Field) -> Result<(), AppErro
     Ok(())
 }
 
-/// Streams one part into a new temp object left in `current`; returns its hash and size, and
-/// tells `utf8` (when given) every byte.
+/// Streams one part into a new object left in `current` (its key recorded as pending first);
+/// returns its hash and size, and tells `utf8` (when given) every byte.
 async fn receive_part(
     reader: &mut Reader<'_>,
     field: &mut Field,
-    current: &mut Option<TempObject>,
+    mime: &str,
+    current: &mut Option<ObjectWriter>,
     mut utf8: Option<&mut Utf8Stream>,
 ) -> Result<(String, u64), AppError> {
-    let storage = reader.state.storage.clone();
-    *current = Some(web::block(move || storage.create_temp()).await??);
+    let state = reader.state;
+    let key = storage::new_key();
+    let pending = vec![key.clone()];
+    let now = state.clock.unix();
+    state
+        .db
+        .write(move |conn| db::record_pending(conn, &pending, now))
+        .await?;
+    *current = Some(state.store.create(&key, mime).await?);
     let limit = reader.limits.max_file_size;
-    let mut written: u64 = 0;
-    let mut buffer = BytesMut::new();
     while let Some(chunk) = field.next().await {
         let chunk = chunk.map_err(multipart_error)?;
         reader.progress();
-        if written + (buffer.len() + chunk.len()) as u64 > limit {
+        let object = current
+            .as_mut()
+            .ok_or_else(|| AppError::Internal(anyhow::anyhow!("upload lost its object")))?;
+        if object.size() + chunk.len() as u64 > limit {
             return Err(AppError::PayloadTooLarge(format!(
                 "File exceeds the maximum size of {limit} bytes"
             )));
@@ -422,38 +450,12 @@ async fn receive_part(
         if let Some(utf8) = utf8.as_deref_mut() {
             utf8.update(&chunk);
         }
-        buffer.extend_from_slice(&chunk);
-        if buffer.len() >= WRITE_BATCH {
-            written += buffer.len() as u64;
-            write(current, buffer.split().freeze()).await?;
-        }
+        object.write(chunk).await?;
     }
-    if !buffer.is_empty() {
-        write(current, buffer.freeze()).await?;
-    }
-    let mut temp = current
-        .take()
-        .ok_or_else(|| AppError::Internal(anyhow::anyhow!("upload lost its temp file")))?;
-    let (temp, sha256, size) = web::block(move || {
-        let (sha256, size) = temp.finish()?;
-        Ok::<_, std::io::Error>((temp, sha256, size))
-    })
-    .await??;
-    *current = Some(temp);
-    Ok((sha256, size))
-}
-
-async fn write(current: &mut Option<TempObject>, data: bytes::Bytes) -> Result<(), AppError> {
-    let mut temp = current
-        .take()
-        .ok_or_else(|| AppError::Internal(anyhow::anyhow!("upload lost its temp file")))?;
-    let temp = web::block(move || {
-        temp.write(&data)?;
-        Ok::<_, std::io::Error>(temp)
-    })
-    .await??;
-    *current = Some(temp);
-    Ok(())
+    let object = current
+        .as_mut()
+        .ok_or_else(|| AppError::Internal(anyhow::anyhow!("upload lost its object")))?;
+    Ok(object.finish().await?)
 }
 
 /// Reads and discards what is left of a refused body, up to [`DRAIN_LIMIT`].
@@ -472,10 +474,11 @@ async fn drain(reader: &Reader<'_>, multipart: &mut Multipart) {
     }
 }
 
-/// Commits received files: bytes renamed into place (durably), then every row in one
-/// transaction. If the rows cannot be written (or the chat vanished meanwhile) the bytes are
-/// removed again, even if the request is dropped meanwhile; a crash in between leaves orphans
-/// that the next start sweeps.
+/// Commits received files: each object made visible (durably), then every row in one
+/// transaction, which also clears their keys from the journal. If an object cannot be stored,
+/// or the rows cannot be written (or the chat vanished meanwhile), the objects are removed
+/// again, even if the request is dropped meanwhile; a crash in between leaves pending keys that
+/// the next start sweeps.
 pub async fn store_uploads(
     state: &web::Data<AppState>,
     user_id: i64,
@@ -487,29 +490,25 @@ pub async fn store_uploads(
     to_completion(async move {
         // Held until the rows are in (or the bytes gone again).
         let _hold = hold;
-        let storage = state.storage.clone();
-        let files = web::block(move || -> Result<Vec<NewFile>, AppError> {
-            let mut files: Vec<NewFile> = Vec::with_capacity(received.len());
-            let mut pending = received.into_iter();
-            for item in pending.by_ref() {
-                let key = storage::new_key();
-                if let Err(err) = storage.commit(item.temp, &key) {
-                    for done in &files {
-                        let _ = storage.remove(&done.object_key);
-                    }
-                    return Err(err.into());
-                }
-                files.push(NewFile {
-                    object_key: key,
-                    name: item.name,
-                    size: item.size,
-                    mime: item.mime,
-                    sha256: item.sha256,
-                });
+        let mut files: Vec<NewFile> = Vec::with_capacity(received.len());
+        let mut pending = received.into_iter();
+        while let Some(item) = pending.next() {
+            let key = item.object.key().to_owned();
+            if let Err(err) = item.object.commit(&item.mime).await {
+                discard(&state, pending.collect(), None).await;
+                state
+                    .remove_objects(files.into_iter().map(|f| f.object_key).collect())
+                    .await;
+                return Err(err.into());
             }
-            Ok(files)
-        })
-        .await??;
+            files.push(NewFile {
+                object_key: key,
+                name: item.name,
+                size: item.size,
+                mime: item.mime,
+                sha256: item.sha256,
+            });
+        }
         // Crash tests stop here: bytes in place, rows not yet written.
         #[cfg(feature = "failpoints")]
         web::block(|| fail::fail_point!("upload-after-commit")).await?;

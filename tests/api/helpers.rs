@@ -80,18 +80,24 @@ impl TestApp {
 
     /// A server whose configuration `adjust` may change first.
     pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
+        Self::spawn_at(start_time(), adjust).await
+    }
+
+    /// [`TestApp::spawn_with`], its clock starting at `now`.
+    pub async fn spawn_at(now: DateTime<Utc>, adjust: impl FnOnce(&mut Config)) -> TestApp {
         let dir = Arc::new(tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}")));
         let mut config = Config::with_storage_dir(dir.path().join("storage"));
         config.bind = "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}"));
         config.workers = Some(2);
         config.max_file_size = 1024 * 1024;
         adjust(&mut config);
-        let clock = Arc::new(ManualClock::new(start_time()));
-        Self::start(config, clock, dir)
+        let clock = Arc::new(ManualClock::new(now));
+        Self::start(config, clock, dir).await
     }
 
-    fn start(config: Config, clock: Arc<ManualClock>, dir: Arc<TempDir>) -> TestApp {
+    async fn start(config: Config, clock: Arc<ManualClock>, dir: Arc<TempDir>) -> TestApp {
         let app = Application::build(&config, clock.clone())
+            .await
             .unwrap_or_else(|e| panic!("the server did not build: {e:#}"));
         let address = format!("http://{}", app.local_addr());
         let metrics_address = app.metrics_addr().map(|a| format!("http://{a}"));
@@ -111,7 +117,7 @@ impl TestApp {
     /// and clock (on a new port).
     pub async fn restart(self) -> TestApp {
         self.handle.stop(true).await;
-        Self::start(self.config.clone(), self.clock.clone(), self.dir.clone())
+        Self::start(self.config.clone(), self.clock.clone(), self.dir.clone()).await
     }
 
     pub fn storage_dir(&self) -> PathBuf {

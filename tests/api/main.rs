@@ -15,11 +15,14 @@ mod load;
 mod logs;
 mod media_types;
 mod neptun_client;
+mod object_store;
 mod openapi;
 mod operations;
 mod password;
 mod quota;
 mod rotation;
+#[path = "../support/seaweed.rs"]
+mod seaweed;
 mod throttle;
 #[path = "../support/tools.rs"]
 mod tools;

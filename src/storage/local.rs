@@ -1,4 +1,4 @@
-//! Where the bytes live: `<storage>/objects/<2 hex>/<key>`, written through `<storage>/tmp`.
+//! Objects on this machine: `<storage>/objects/<2 hex>/<key>`, written through `<storage>/tmp`.
 //!
 //! An object is streamed into a temp file while hashed and counted, fsync'd, then renamed into
 //! place and the directory fsync'd: a crash leaves a whole object or a temp file, never a torn
@@ -10,11 +10,19 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use rand::RngCore;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+use tokio_util::io::ReaderStream;
 
-/// Length of an object key: 128 random bits as lowercase hex.
-pub const KEY_LEN: usize = 32;
+use super::{ObjectBody, StoreError, is_valid_key, new_key};
+
+/// Bytes gathered before one trip to the blocking pool to write them.
+const WRITE_BATCH: usize = 256 * 1024;
+/// Reads up to this size are done in one go; larger ones are streamed.
+const SMALL_READ: u64 = 1024 * 1024;
+const STREAM_CHUNK: usize = 256 * 1024;
 /// The lock file [`StorageLock`] keeps in the storage directory.
 pub const LOCK_FILE: &str = "chatfiles.lock";
 
@@ -49,24 +57,12 @@ impl StorageLock {
     }
 }
 
-/// The storage directory.
+/// The objects in the storage directory.
 #[derive(Debug, Clone)]
-pub struct Storage {
+pub struct LocalStore {
     root: PathBuf,
     objects: PathBuf,
     tmp: PathBuf,
-}
-
-/// A fresh random object key.
-pub fn new_key() -> String {
-    let mut bytes = [0u8; KEY_LEN / 2];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    hex::encode(bytes)
-}
-
-/// Whether `key` has the shape of a key we issue; anything else never reaches the filesystem.
-pub fn is_valid_key(key: &str) -> bool {
-    key.len() == KEY_LEN && key.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// Where the object `key` lives under the `objects` directory: `<objects>/<first 2 hex>/<key>`;
@@ -88,7 +84,7 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-impl Storage {
+impl LocalStore {
     /// Opens the storage directory, creating it and its sub-directories as needed.
     pub fn open(root: &Path) -> io::Result<Self> {
         let storage = Self {
@@ -118,6 +114,11 @@ impl Storage {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// `<storage>/objects`.
+    pub fn objects_dir(&self) -> &Path {
+        &self.objects
     }
 
     /// The path of an object, or `None` for a string that is not a key.
@@ -236,6 +237,127 @@ impl Storage {
     }
 }
 
+impl LocalStore {
+    /// `len` bytes from `start` of the object `key`, which should be `size` bytes: read at once
+    /// when few, else streamed from the open file.
+    pub async fn read(
+        &self,
+        key: &str,
+        start: u64,
+        len: u64,
+        size: u64,
+    ) -> Result<ObjectBody, StoreError> {
+        let path = self.object_path(key).ok_or(StoreError::NotFound)?;
+        let opened = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+            use std::io::{Read, Seek, SeekFrom};
+            let mut file = match File::open(&path) {
+                Ok(file) => file,
+                // Deleted between the lookup and now.
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                    return Err(StoreError::NotFound);
+                }
+                Err(err) => return Err(err.into()),
+            };
+            let actual = file.metadata()?.len();
+            if actual != size {
+                return Err(StoreError::Other(anyhow::anyhow!(
+                    "object {} is {actual} bytes on disk, {size} in the database",
+                    path.display()
+                )));
+            }
+            file.seek(SeekFrom::Start(start))?;
+            if len <= SMALL_READ {
+                let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+                (&mut file).take(len).read_to_end(&mut buf)?;
+                return Ok(ObjectBody::Whole(Bytes::from(buf)));
+            }
+            Ok(ObjectBody::Stream(
+                ReaderStream::with_capacity(
+                    tokio::fs::File::from_std(file).take(len),
+                    STREAM_CHUNK,
+                )
+                .boxed(),
+            ))
+        });
+        opened.await?
+    }
+}
+
+/// A local object being written: bytes batched, then written to its temp file on the blocking
+/// pool, and renamed into place on commit.
+#[derive(Debug)]
+pub struct LocalWriter {
+    store: LocalStore,
+    /// `None` only while a blocking write has it.
+    temp: Option<TempObject>,
+    batch: BytesMut,
+}
+
+impl LocalWriter {
+    pub fn new(store: LocalStore, temp: TempObject) -> Self {
+        Self {
+            store,
+            temp: Some(temp),
+            batch: BytesMut::new(),
+        }
+    }
+
+    pub fn size(&self) -> u64 {
+        self.temp.as_ref().map_or(0, TempObject::size) + self.batch.len() as u64
+    }
+
+    pub async fn write(&mut self, data: Bytes) -> Result<(), StoreError> {
+        self.batch.extend_from_slice(&data);
+        if self.batch.len() >= WRITE_BATCH {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), StoreError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let data = self.batch.split().freeze();
+        let mut temp = self.take()?;
+        let temp = tokio::task::spawn_blocking(move || temp.write(&data).map(|()| temp)).await??;
+        self.temp = Some(temp);
+        Ok(())
+    }
+
+    fn take(&mut self) -> Result<TempObject, StoreError> {
+        self.temp
+            .take()
+            .ok_or_else(|| StoreError::Other(anyhow::anyhow!("the temp file was lost")))
+    }
+
+    pub async fn finish(&mut self) -> Result<(String, u64), StoreError> {
+        self.flush().await?;
+        let mut temp = self.take()?;
+        let (temp, done) = tokio::task::spawn_blocking(move || {
+            let done = temp.finish();
+            (temp, done)
+        })
+        .await?;
+        self.temp = Some(temp);
+        Ok(done?)
+    }
+
+    pub async fn commit(mut self, key: String) -> Result<(), StoreError> {
+        let temp = self.take()?;
+        let store = self.store.clone();
+        Ok(tokio::task::spawn_blocking(move || store.commit(temp, &key)).await??)
+    }
+
+    /// Removes the temp file, off the async worker. Nothing was ever under the key.
+    pub async fn discard(mut self) -> bool {
+        if let Some(temp) = self.temp.take() {
+            let _ = tokio::task::spawn_blocking(move || drop(temp)).await;
+        }
+        true
+    }
+}
+
 /// Removes a directory entry (a directory with its contents), without following symlinks.
 fn remove_entry(entry: &fs::DirEntry) -> io::Result<()> {
     if entry.file_type()?.is_dir() {
@@ -324,7 +446,7 @@ mod tests {
     #[test]
     fn a_committed_object_keeps_its_bytes_and_hash() -> io::Result<()> {
         let dir = tempfile::tempdir()?;
-        let storage = Storage::open(dir.path())?;
+        let storage = LocalStore::open(dir.path())?;
         let mut temp = storage.create_temp()?;
         temp.write(b"hello ")?;
         temp.write(b"world")?;
@@ -344,7 +466,7 @@ mod tests {
     #[test]
     fn a_dropped_temp_object_leaves_nothing() -> io::Result<()> {
         let dir = tempfile::tempdir()?;
-        let storage = Storage::open(dir.path())?;
+        let storage = LocalStore::open(dir.path())?;
         let mut temp = storage.create_temp()?;
         temp.write(b"partial")?;
         drop(temp);
@@ -355,7 +477,7 @@ mod tests {
     #[test]
     fn the_sweep_removes_planted_links_without_following_them() -> io::Result<()> {
         let dir = tempfile::tempdir()?;
-        let storage = Storage::open(&dir.path().join("storage"))?;
+        let storage = LocalStore::open(&dir.path().join("storage"))?;
         let elsewhere = dir.path().join("elsewhere");
         fs::create_dir(&elsewhere)?;
         fs::write(elsewhere.join("precious"), b"keep me")?;
@@ -388,7 +510,7 @@ mod tests {
     #[test]
     fn the_sweep_removes_temp_files_and_orphans_only() -> io::Result<()> {
         let dir = tempfile::tempdir()?;
-        let storage = Storage::open(dir.path())?;
+        let storage = LocalStore::open(dir.path())?;
         let mut keys = Vec::new();
         for _ in 0..2 {
             let mut temp = storage.create_temp()?;
