@@ -22,6 +22,8 @@ pub mod media_type;
 pub mod metrics;
 /// Request id, error reshaping and the per-request log line.
 pub mod middleware;
+/// `chatfiles migrate`: copying every file's bytes to another object store.
+pub mod migrate;
 /// The cross-process counter of sessions ended behind the service's back.
 pub mod revocations;
 /// HTTP handlers, one module per concern.

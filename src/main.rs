@@ -50,7 +50,8 @@ async fn serve_or_run() -> ExitCode {
     }
     match task {
         Task::Serve => {}
-        Task::Check { repair } => return chatfiles::check::main(&config, repair),
+        Task::Check { repair } => return chatfiles::check::main(&config, repair).await,
+        Task::Migrate { to } => return chatfiles::migrate::main(&config, &to).await,
         Task::Healthcheck => return chatfiles::routes::health::healthcheck(&config),
         Task::User(action) => return chatfiles::admin::main(&config, action),
     }

@@ -36,12 +36,15 @@ impl DamagedFile {
     }
 }
 
-/// Something in `objects/` or `tmp/` that no row accounts for.
+/// Something in `objects/` or `tmp/` (or in the bucket) that no row accounts for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
-    /// Relative to the storage directory, e.g. `objects/ab/ab12…` or `tmp/x.part`.
+    /// Relative to the storage directory, e.g. `objects/ab/ab12…` or `tmp/x.part`; in a bucket,
+    /// the object's name under the prefix.
     pub path: PathBuf,
     pub is_dir: bool,
+    /// The id of an unfinished multipart upload of that name (buckets only).
+    pub upload_id: Option<String>,
     /// Whether `--repair` removed it.
     pub removed: bool,
 }
@@ -51,7 +54,15 @@ impl Entry {
         Self {
             path,
             is_dir,
+            upload_id: None,
             removed: false,
+        }
+    }
+
+    pub(super) fn upload(name: PathBuf, upload_id: String) -> Self {
+        Self {
+            upload_id: Some(upload_id),
+            ..Self::new(name, false)
         }
     }
 }
@@ -61,6 +72,9 @@ impl fmt::Display for Entry {
         write!(f, "{}", escape_controls(&self.path.to_string_lossy()))?;
         if self.is_dir {
             write!(f, "/")?;
+        }
+        if let Some(upload) = &self.upload_id {
+            write!(f, " (upload {})", escape_controls(upload))?;
         }
         Ok(())
     }
@@ -84,6 +98,9 @@ fn escape_controls(text: &str) -> String {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Report {
     pub repair: bool,
+    /// The bucket checked (`s3://…/ at <endpoint>`); `None` for the storage directory. There,
+    /// `temp` holds unfinished multipart uploads.
+    pub bucket: Option<String>,
     /// The service held the storage lock: temp files are uploads in flight, not leftovers.
     pub service_running: bool,
     /// File rows checked, and the bytes they record.
@@ -151,6 +168,9 @@ fn shown_key(key: &str) -> String {
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(bucket) = &self.bucket {
+            writeln!(f, "objects in {bucket}")?;
+        }
         for line in &self.database {
             writeln!(f, "database: {}", escape_controls(line))?;
         }
@@ -180,10 +200,15 @@ impl fmt::Display for Report {
         for entry in &self.orphans {
             writeln!(f, "orphan {entry}")?;
         }
-        let temp_word = if self.service_running {
-            "in-flight"
+        let temp_word = match (self.service_running, self.bucket.is_some()) {
+            (true, _) => "in-flight",
+            (false, false) => "temp",
+            (false, true) => "unfinished upload",
+        };
+        let (temp_one, temp_many) = if self.bucket.is_some() {
+            ("unfinished upload", "unfinished uploads")
         } else {
-            "temp"
+            ("temp file", "temp files")
         };
         for entry in &self.temp {
             writeln!(f, "{temp_word} {entry}")?;
@@ -220,7 +245,7 @@ impl fmt::Display for Report {
             };
             writeln!(
                 f,
-                "note: {first} `chatfiles check --repair` to remove orphans and temp files"
+                "note: {first} `chatfiles check --repair` to remove orphans and {temp_many}"
             )?;
         }
 
@@ -232,7 +257,7 @@ impl fmt::Display for Report {
             self.missing(),
             self.corrupt(),
             plural(self.orphans.len() as u64, "orphan", "orphans"),
-            plural(self.temp_leftovers() as u64, "temp file", "temp files"),
+            plural(self.temp_leftovers() as u64, temp_one, temp_many),
         )?;
         if self.service_running && !self.temp.is_empty() {
             write!(f, ", {} in-flight", self.temp.len())?;

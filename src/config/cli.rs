@@ -75,6 +75,19 @@ pub enum Command {
         #[command(flatten)]
         store: Box<StoreArgs>,
     },
+    /// Copy every stored file's bytes from the configured object store (--object-store) to another, verifying each one's size and SHA-256; resumable. Stop the service first; afterwards start it with --object-store set to the target.
+    #[command(
+        after_help = "Exit status: 0 every file is in the target with its bytes; 1 some could not be copied\n\
+                      (listed; run again once dealt with); 2 could not run (no database, the service holds\n\
+                      the lock, a store refused)."
+    )]
+    Migrate {
+        /// The object store to copy to: local or s3://BUCKET[/PREFIX] (the --s3-* flags apply to whichever side is S3).
+        #[arg(long, value_name = "STORE", value_parser = parse_object_store)]
+        to: StoreTarget,
+        #[command(flatten)]
+        store: Box<StoreArgs>,
+    },
     /// Ask the running service's /health at --bind, for container health checks without curl.
     #[command(after_help = "Exit status: 0 healthy (200); 1 unhealthy or unreachable.")]
     Healthcheck(ProbeArgs),
@@ -323,6 +336,7 @@ pub struct ProbeArgs {
 pub enum Task {
     Serve,
     Check { repair: bool },
+    Migrate { to: StoreTarget },
     Healthcheck,
     User(UserAction),
 }
@@ -419,6 +433,11 @@ impl Cli {
                 let mut server = server;
                 server.store = *store;
                 (Task::Check { repair }, server, None)
+            }
+            Some(Command::Migrate { to, store }) => {
+                let mut server = server;
+                server.store = *store;
+                (Task::Migrate { to }, server, None)
             }
             Some(Command::Healthcheck(probe)) => (Task::Healthcheck, server, Some(probe)),
             Some(Command::User { action }) => (Task::User(action), server, None),

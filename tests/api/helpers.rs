@@ -120,6 +120,14 @@ impl TestApp {
         Self::start(self.config.clone(), self.clock.clone(), self.dir.clone()).await
     }
 
+    /// [`TestApp::restart`] with the configuration changed by `adjust` first.
+    pub async fn restart_with(self, adjust: impl FnOnce(&mut Config)) -> TestApp {
+        self.handle.stop(true).await;
+        let mut config = self.config.clone();
+        adjust(&mut config);
+        Self::start(config, self.clock.clone(), self.dir.clone()).await
+    }
+
     pub fn storage_dir(&self) -> PathBuf {
         self.config.storage_dir.clone()
     }

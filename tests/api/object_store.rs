@@ -356,3 +356,179 @@ async fn what_an_interrupted_run_left_in_the_bucket_is_removed_at_the_next_start
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(pending, 0);
 }
+
+#[tokio::test]
+async fn check_catches_an_object_deleted_behind_its_back_and_repair_clears_leftovers() {
+    let Some(node) = require(seaweed::start().await) else {
+        return;
+    };
+    let app = spawn_on(&node, Downloads::Proxy).await;
+    let user = app.user().await;
+    let chat = app.chat(&user, "check").await;
+    let files = app
+        .upload_ok(
+            &user,
+            chat,
+            &[
+                ("a.txt", "text/plain", b"first"),
+                ("b.txt", "text/plain", b"second"),
+            ],
+        )
+        .await;
+    let chatfiles::storage::ObjectStore::S3(s3) = open(&app).await else {
+        panic!("not S3");
+    };
+    let check = |repair| {
+        let (dir, db, s3) = (app.storage_dir(), app.config.database_path(), s3.clone());
+        async move {
+            chatfiles::check::check_bucket(&dir, &db, &s3, repair)
+                .await
+                .unwrap_or_else(|e| panic!("{e:#}"))
+        }
+    };
+    let clean = check(false).await;
+    assert!(!clean.is_damaged(), "{clean}");
+    assert_eq!(clean.files, 2);
+
+    // Behind chatfiles' back: one file's object deleted, a stray object and an open upload.
+    let gone = bucket_keys(&app)
+        .await
+        .into_iter()
+        .find(|key| url_of(&files[0]).contains(key.as_str()))
+        .unwrap_or_else(|| panic!("no object for {}", url_of(&files[0])));
+    s3.remove(&gone).await.unwrap_or_else(|e| panic!("{e}"));
+    let store = chatfiles::storage::ObjectStore::S3(s3.clone());
+    let stray = chatfiles::storage::new_key();
+    let mut writer = store
+        .create(&stray, "text/plain")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    writer
+        .write(bytes::Bytes::from_static(b"stray"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    writer.finish().await.unwrap_or_else(|e| panic!("{e}"));
+    writer
+        .commit("text/plain")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut open_upload = store
+        .create(&chatfiles::storage::new_key(), "application/octet-stream")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    open_upload
+        .write(bytes::Bytes::from(vec![0u8; 9 * 1024 * 1024]))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    std::mem::forget(open_upload);
+
+    let damaged = check(false).await;
+    assert!(damaged.is_damaged());
+    assert_eq!(damaged.missing(), 1, "{damaged}");
+    assert_eq!(damaged.damaged_files[0].object_key, gone);
+    assert_eq!(damaged.orphans.len(), 1, "{damaged}");
+    assert_eq!(damaged.temp.len(), 1, "{damaged}");
+    let text = damaged.to_string();
+    assert!(text.contains(&format!("orphan {stray}")), "{text}");
+    // The service runs: an open upload may be one in flight.
+    assert!(text.contains(", 1 in-flight"), "{text}");
+
+    app.stop().await;
+    let stopped = check(false).await.to_string();
+    assert!(
+        stopped.contains("1 orphan, 1 unfinished upload"),
+        "{stopped}"
+    );
+    let repaired = check(true).await;
+    assert_eq!(repaired.removed(), 2, "{repaired}");
+    assert!(repaired.errors.is_empty(), "{repaired}");
+    // The missing file stays reported: check never deletes rows.
+    let after = check(false).await;
+    assert_eq!(after.missing(), 1, "{after}");
+    assert!(after.orphans.is_empty() && after.temp.is_empty(), "{after}");
+    assert!(s3.unfinished().await.unwrap_or_default().is_empty());
+}
+
+#[tokio::test]
+async fn migrate_copies_every_file_to_the_bucket_and_back_with_its_bytes() {
+    let Some(node) = require(seaweed::start().await) else {
+        return;
+    };
+    let now = Utc::now()
+        .duration_trunc(TimeDelta::minutes(1))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let app = TestApp::spawn_at(now, |config| config.max_file_size = 64 * 1024 * 1024).await;
+    let user = app.user().await;
+    let chat = app.chat(&user, "migrate").await;
+    let large: Vec<u8> = (0..9 * 1024 * 1024 + 5).map(|i| (i % 241) as u8).collect();
+    let contents: [&[u8]; 3] = [b"one", b"", &large];
+    app.upload_ok(
+        &user,
+        chat,
+        &[
+            ("one.txt", "text/plain", contents[0]),
+            ("empty.bin", "application/octet-stream", contents[1]),
+            ("large.bin", "application/octet-stream", contents[2]),
+        ],
+    )
+    .await;
+    let expected: Vec<String> = contents.iter().map(|c| sha256(c)).collect();
+    app.stop().await;
+
+    let mut to_s3 = app.config.clone();
+    use_bucket(&mut to_s3, &node, Downloads::Proxy);
+    let bucket = to_s3.object_store.clone();
+    // Local storage, with the S3 flags for the target.
+    let mut config = app.config.clone();
+    config.s3 = to_s3.s3.clone();
+    let mut out = Vec::new();
+    let first = chatfiles::migrate::migrate(&config, &bucket, &mut out)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let printed = String::from_utf8_lossy(&out).into_owned();
+    assert_eq!((first.copied, first.already_there), (3, 0), "{printed}");
+    assert!(first.failed.is_empty(), "{printed}");
+    assert!(printed.contains("3 copied"), "{printed}");
+    // Again: resumable, nothing to do.
+    let again = chatfiles::migrate::migrate(&config, &bucket, &mut Vec::new())
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!((again.copied, again.already_there), (0, 3));
+
+    // Served from the bucket, and back: the local objects gone first, so they must come back.
+    let app = app
+        .restart_with(|config| use_bucket(config, &node, Downloads::Proxy))
+        .await;
+    let downloaded = |app: &TestApp| {
+        let address = app.address.clone();
+        let list = app.url(&format!("/api/users/{}/chats/{chat}/files", user.id));
+        let client = user.client.clone();
+        async move {
+            let res = client
+                .get(list)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let body: Value = res.json().await.unwrap_or_default();
+            let mut shas = Vec::new();
+            for file in body["chatFiles"].as_array().cloned().unwrap_or_default() {
+                let url = url_of(&file);
+                assert!(url.starts_with(&address), "{url}");
+                let bytes = get(&url).await.bytes().await.unwrap_or_default();
+                shas.push(sha256(&bytes));
+            }
+            shas
+        }
+    };
+    assert_eq!(downloaded(&app).await, expected);
+    app.stop().await;
+    std::fs::remove_dir_all(app.storage_dir().join("objects")).unwrap_or_else(|e| panic!("{e}"));
+    let back = chatfiles::migrate::migrate(&app.config, &StoreTarget::Local, &mut Vec::new())
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!((back.copied, back.failed.len()), (3, 0));
+    let app = app
+        .restart_with(|config| config.object_store = StoreTarget::Local)
+        .await;
+    assert_eq!(downloaded(&app).await, expected);
+}
