@@ -187,7 +187,7 @@ async fn copy(source: &ObjectStore, target: &ObjectStore, row: &Row) -> Result<C
     // Whatever an earlier, interrupted run left under the key (a wrong object, an open
     // multipart upload) goes first.
     target
-        .remove(&row.key)
+        .purge(&row.key)
         .await
         .map_err(|e| format!("cannot clear the target: {e}"))?;
     let body = source

@@ -175,9 +175,11 @@ error_responses! {
     /// 500, never with internals.
     InternalError = "Something unexpected failed; the cause is in the server log under this \
         response's `X-Request-Id` (message `Internal server error`)";
-    /// 503 when the service sheds load.
-    Unavailable = "The service is shedding load (the database busy or locked, every hasher \
-        busy); retry later",
+    /// 503 when the service sheds load, or the object store does not answer.
+    Unavailable = "`Service temporarily unavailable`: the service is shedding load (the \
+        database busy or locked, every hasher busy); or `Object store unavailable`: the S3 \
+        bucket does not answer or refuses the credentials (uploads, proxied downloads). Retry \
+        later",
         "Retry-After": integer_schema() => "Seconds to wait before retrying";
     /// 507 when the disk or the database is full.
     InsufficientStorage = "The disk or the database is full; nothing of the request was kept";

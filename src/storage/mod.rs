@@ -155,6 +155,15 @@ impl ObjectStore {
         }
     }
 
+    /// Removes an object and whatever an interrupted write of it left (an open multipart
+    /// upload); a missing object is not an error.
+    pub async fn purge(&self, key: &str) -> Result<(), StoreError> {
+        match self {
+            Self::Local(_) => self.remove(key).await,
+            Self::S3(s3) => s3.purge(key).await,
+        }
+    }
+
     /// A URL straight to the store for `key`, valid until `expires`, that answers with the
     /// given type and disposition; `None` when downloads go through `/files/{key}`.
     pub fn direct_url(

@@ -38,6 +38,9 @@ pub const PROBE_OBJECT: &str = ".chatfiles-probe";
 /// Time to connect to the store, and longest pause while a response is read.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a request other than a download may take in all, sending its body included (a
+/// store that stops reading would otherwise hold an upload forever).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Where a listing's `url` points with S3 storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -168,9 +171,18 @@ impl S3Failure {
     }
 }
 
-/// A transport failure, without the URL (it carries a signature).
+/// A transport failure with its causes, without the URL (it carries a signature).
 fn transport(err: reqwest::Error) -> StoreError {
-    StoreError::Unavailable(err.without_url().to_string())
+    let err = err.without_url();
+    let mut message = format!("no answer ({err}");
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message.push(')');
+    StoreError::Unavailable(message)
 }
 
 /// The text of the first `<tag>` in `xml`, or of every `<tag>` inside each `<record>`.
@@ -340,7 +352,12 @@ impl S3Store {
         headers: &[(&str, &str)],
         body: Option<reqwest::Body>,
     ) -> Result<Response, StoreError> {
+        // A download's body may take long to read; its stalls are bounded by READ_TIMEOUT.
+        let timeout = (method != Method::GET).then_some(REQUEST_TIMEOUT);
         let mut request = self.inner.client.request(method, url);
+        if let Some(timeout) = timeout {
+            request = request.timeout(timeout);
+        }
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
@@ -475,14 +492,9 @@ impl S3Store {
         ))
     }
 
-    /// Removes an object and any multipart upload still open under its name; a missing object
-    /// is not an error.
+    /// Removes an object; a missing object is not an error.
     pub async fn remove(&self, key: &str) -> Result<(), StoreError> {
         let name = self.name(key);
-        for upload in self.unfinished_under(&name).await? {
-            self.abort_multipart(&upload.name, &upload.upload_id)
-                .await?;
-        }
         let url =
             DeleteObject::new(&self.inner.bucket, self.credentials(), &name).sign(REQUEST_VALIDITY);
         match self.send(Method::DELETE, url, &[], None).await {
@@ -636,6 +648,17 @@ impl S3Store {
         )))
     }
 
+    /// Removes an object and any multipart upload still open under its name: what an
+    /// interrupted upload of that key may have left.
+    pub async fn purge(&self, key: &str) -> Result<(), StoreError> {
+        let name = self.name(key);
+        for upload in self.unfinished_under(&name).await? {
+            self.abort_multipart(&upload.name, &upload.upload_id)
+                .await?;
+        }
+        self.remove(key).await
+    }
+
     /// Removes the objects (and open uploads) of `pending` keys that no row refers to: what an
     /// interrupted upload or delete left. Nothing else in the bucket is looked at.
     pub async fn sweep(
@@ -645,7 +668,7 @@ impl S3Store {
     ) -> Result<SweepReport, StoreError> {
         let mut report = SweepReport::default();
         for key in pending.iter().filter(|k| !referenced.contains(*k)) {
-            self.remove(key).await?;
+            self.purge(key).await?;
             report.orphans += 1;
         }
         Ok(report)
@@ -667,7 +690,7 @@ impl S3Store {
 
     /// Removes the object named `name` under the prefix, whatever it is (for `check --repair`).
     pub async fn remove_named(&self, name: &str) -> Result<(), StoreError> {
-        self.remove(name).await
+        self.purge(name).await
     }
 
     /// Aborts an unfinished upload found by [`S3Store::unfinished`].
