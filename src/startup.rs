@@ -38,6 +38,8 @@ use crate::throttle::LoginThrottle;
 const JSON_LIMIT: usize = 16 * 1024;
 /// How often expired sessions are purged.
 const SESSION_PURGE_EVERY: Duration = Duration::from_secs(600);
+/// How often object removals that failed are tried again.
+const REMOVAL_RETRY_EVERY: Duration = Duration::from_secs(5);
 
 /// CORS for the configured origins only: credentials allowed, preflights answered (and cached
 /// for 10 minutes); any other origin gets no CORS headers, and its preflights a 400.
@@ -68,6 +70,8 @@ pub struct Application {
     addr: SocketAddr,
     db: Db,
     store: ObjectStore,
+    /// For the background retries of failed object removals.
+    state: web::Data<AppState>,
     clock: Arc<dyn Clock>,
     /// Held while the service runs: no second service, and no `check --repair`, on the same
     /// storage directory.
@@ -151,6 +155,7 @@ impl Application {
             login_throttle: LoginThrottle::default(),
             trusted_proxies: config.trusted_proxies.clone(),
             uploads_in_flight: Arc::default(),
+            removals_to_retry: parking_lot::Mutex::default(),
             hashers: Arc::new(Semaphore::new(workers.max(2))),
         });
         let store = SqliteSessionStore::new(db.clone(), clock.clone(), sessions);
@@ -164,6 +169,7 @@ impl Application {
         );
 
         let objects = state.store.clone();
+        let state_for_retries = state.clone();
         let cors_origins = config.cors_origins.clone();
         let serve_metrics_here = config.metrics_bind.is_none();
         let metrics_server = match config.metrics_bind {
@@ -231,6 +237,7 @@ impl Application {
             addr,
             db,
             store: objects,
+            state: state_for_retries,
             clock,
             lock,
             signals: ShutdownSignals::listen(),
@@ -261,6 +268,7 @@ impl Application {
     /// up to 10 s to finish), purging expired sessions along the way.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let purger = tokio::spawn(purge_sessions(self.db, self.clock));
+        let retrier = tokio::spawn(retry_removals(self.state));
         let handle = self.server.handle();
         let signals = self.signals.map(|signals| {
             tokio::spawn(async move {
@@ -279,6 +287,7 @@ impl Application {
             let _ = task.await;
         }
         purger.abort();
+        retrier.abort();
         if let Some(signals) = signals {
             signals.abort();
         }
@@ -360,6 +369,15 @@ fn metrics_server(
     .listen(listener)?
     .run();
     Ok((server, addr))
+}
+
+async fn retry_removals(state: web::Data<AppState>) {
+    let mut every = tokio::time::interval(REMOVAL_RETRY_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        state.retry_removals().await;
+    }
 }
 
 async fn purge_sessions(db: Db, clock: Arc<dyn Clock>) {

@@ -56,6 +56,10 @@ pub struct AppState {
     pub trusted_proxies: Vec<IpNet>,
     /// Upload bytes per user not yet stored, counted against the quota.
     pub uploads_in_flight: Arc<InFlight>,
+    /// Objects whose rows are gone but whose removal failed (the store was down): retried in
+    /// the background, so that a deleted file's direct URL stops working soon after the store
+    /// is back, not only after the next start.
+    pub removals_to_retry: parking_lot::Mutex<std::collections::BTreeSet<String>>,
     /// Argon2 takes ~19 MiB and tens of milliseconds of a core per hash: a flood of logins must
     /// queue, not exhaust memory or starve everything else.
     pub(crate) hashers: Arc<Semaphore>,
@@ -133,7 +137,8 @@ impl AppState {
             match self.store.remove(&key).await {
                 Ok(()) => removed.push(key),
                 Err(err) => {
-                    tracing::warn!(object = %key, error = %err, "could not remove an object; the next start does");
+                    tracing::warn!(object = %key, error = %err, "could not remove an object; retrying in the background");
+                    self.removals_to_retry.lock().insert(key);
                 }
             }
         }
@@ -146,6 +151,20 @@ impl AppState {
             .await
         {
             tracing::warn!(error = %err, "could not clear removed objects from the journal; the next start does");
+        }
+    }
+}
+
+impl AppState {
+    /// Tries again to remove the objects whose removal failed; those that fail again stay for
+    /// the next try (and in the journal, for the next start).
+    pub async fn retry_removals(&self) {
+        let keys: Vec<String> = std::mem::take(&mut *self.removals_to_retry.lock())
+            .into_iter()
+            .collect();
+        if !keys.is_empty() {
+            tracing::debug!(objects = keys.len(), "retrying object removals");
+            self.remove_objects(keys).await;
         }
     }
 }

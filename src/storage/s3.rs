@@ -371,6 +371,15 @@ impl S3Store {
         Err(failure(response).await.into_error())
     }
 
+    /// The body of a GET (a listing's XML).
+    async fn get_text(&self, url: Url) -> Result<String, StoreError> {
+        self.send(Method::GET, url, &[], None)
+            .await?
+            .text()
+            .await
+            .map_err(transport)
+    }
+
     /// Stores `bytes` as one object.
     async fn put(&self, key: &str, content_type: &str, bytes: Bytes) -> Result<(), StoreError> {
         let name = self.name(key);
@@ -556,12 +565,7 @@ impl S3Store {
                 action.with_continuation_token(token.as_str());
             }
             let url = action.sign(REQUEST_VALIDITY);
-            let body = self
-                .send(Method::GET, url, &[], None)
-                .await?
-                .text()
-                .await
-                .map_err(transport)?;
+            let body = self.get_text(url).await?;
             for record in xml::records(&body, "Contents", &["Key", "Size"]) {
                 let name = record[0]
                     .strip_prefix(&self.inner.prefix)
@@ -621,12 +625,7 @@ impl S3Store {
                 query.iter().copied(),
                 std::iter::empty(),
             );
-            let body = self
-                .send(Method::GET, url, &[], None)
-                .await?
-                .text()
-                .await
-                .map_err(transport)?;
+            let body = self.get_text(url).await?;
             for record in xml::records(&body, "Upload", &["Key", "UploadId"]) {
                 let [name, upload_id]: [String; 2] = record.try_into().unwrap_or_default();
                 if name.starts_with(prefix) {

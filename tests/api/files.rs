@@ -6,7 +6,10 @@ use reqwest::StatusCode;
 use reqwest::multipart::{Form, Part};
 use serde_json::{Value, json};
 
-use crate::helpers::{self, TestApp, TestUser, assert_error, header, raw_multipart, sha256};
+use crate::helpers::{
+    self, TestApp, TestUser, assert_error, assert_store_error, header, key_of, raw_multipart,
+    sha256,
+};
 
 fn file_url(user: &TestUser, chat: i64, file: i64) -> String {
     format!("/api/users/{}/chats/{chat}/files/{file}", user.id)
@@ -39,6 +42,11 @@ fn is_rfc3339_utc_second(s: &str) -> bool {
             19 => *c == b'Z',
             _ => c.is_ascii_digit(),
         })
+}
+
+/// As the API writes times.
+fn rfc3339(at: chrono::DateTime<chrono::Utc>) -> String {
+    chatfiles::clock::rfc3339(at.timestamp())
 }
 
 fn str_of<'a>(value: &'a Value, field: &str) -> &'a str {
@@ -98,9 +106,10 @@ async fn neptuns_chat_files_endpoint_answers_with_exactly_its_documented_fields(
     assert_eq!(file["type"], json!("application/pdf"));
     let created_at = str_of(file, "created_at");
     assert!(is_rfc3339_utc_second(created_at), "{created_at}");
-    assert_eq!(created_at, "2030-01-15T12:00:00Z");
+    assert_eq!(created_at, rfc3339(app.started));
     let url = str_of(file, "url");
-    assert!(url.starts_with(&format!("{}/files/", app.address)), "{url}");
+    // Ours (`{address}/files/…`), or with direct downloads the object's in the bucket.
+    assert!(url.starts_with(&app.download_base()), "{url}");
     assert!(reqwest::Url::parse(url).is_ok(), "{url}");
 }
 
@@ -200,22 +209,15 @@ async fn path_traversal_names_keep_only_their_last_component_and_never_leave_the
         .unwrap_or_default();
     assert_eq!(names, ["passwd", "evil.txt"]);
 
-    let objects = app.storage_dir().join("objects");
-    let stored = app.stored_files();
+    // Stored under random keys: `objects/<xx>/<key>` on disk, `<prefix><key>` in a bucket.
+    let stored = app.stored().await;
     assert_eq!(stored.len(), 2, "{stored:?}");
-    for path in &stored {
-        assert!(
-            path.starts_with(&objects),
-            "{} is outside {}",
-            path.display(),
-            objects.display()
-        );
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
-        assert!(name != "passwd" && name != "evil.txt", "{}", path.display());
+    for name in &stored {
+        let (area, key) = name.rsplit_once(['/', ':']).unwrap_or_default();
+        assert!(area.starts_with("objects/") || area == "s3", "{name}");
+        assert!(chatfiles::storage::is_valid_key(key), "{name}");
     }
+    // Nothing went to disk under the names either, with any backend.
     let outside = app.dir.path();
     for sneaky in [
         "etc/passwd",
@@ -302,7 +304,7 @@ async fn a_file_one_byte_over_the_maximum_is_refused_and_nothing_is_kept() {
         )
         .await;
     assert_error(res, StatusCode::PAYLOAD_TOO_LARGE).await;
-    assert_eq!(app.stored_files(), Vec::<std::path::PathBuf>::new());
+    assert_eq!(app.stored().await, Vec::<String>::new());
     assert!(listing(&app, &user, chat).await.is_empty());
 }
 
@@ -323,7 +325,7 @@ async fn a_request_without_a_part_named_file_is_a_bad_request() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_error(res, StatusCode::BAD_REQUEST).await;
-    assert!(app.stored_files().is_empty());
+    assert!(app.stored().await.is_empty());
 }
 
 #[tokio::test]
@@ -352,7 +354,7 @@ async fn a_part_that_is_itself_multipart_is_a_bad_request() {
     )]);
     let res = app.upload_raw(&user, chat, body).await;
     assert_error(res, StatusCode::BAD_REQUEST).await;
-    assert!(app.stored_files().is_empty());
+    assert!(app.stored().await.is_empty());
     assert!(listing(&app, &user, chat).await.is_empty());
 }
 
@@ -411,8 +413,17 @@ async fn one_file_is_returned_as_chat_file_and_download_1_signs_a_download_url()
     assert_eq!(res.status(), StatusCode::OK);
     let body: Value = res.json().await.unwrap_or_default();
     let url = str_of(&body["chatFile"], "url");
-    assert!(url.contains("download=1"), "{url}");
-    assert!(url.starts_with(&format!("{}/files/", app.address)), "{url}");
+    assert!(url.starts_with(&app.download_base()), "{url}");
+    if helpers::direct_downloads() {
+        // Presigned for the store, the attachment disposition signed in.
+        assert!(
+            url.contains("response-content-disposition=attachment"),
+            "{url}"
+        );
+        assert!(!url.contains("download=1"), "{url}");
+    } else {
+        assert!(url.contains("download=1"), "{url}");
+    }
 }
 
 #[tokio::test]
@@ -486,7 +497,7 @@ async fn another_users_chat_is_chat_not_found() {
         "Chat not found"
     );
     assert_eq!(listing(&app, &owner, chat).await.len(), 1);
-    assert_eq!(app.stored_files().len(), 1);
+    assert_eq!(app.stored().await.len(), 1);
 }
 
 #[tokio::test]
@@ -522,7 +533,9 @@ async fn a_deleted_file_leaves_the_listing_the_disk_and_its_url() {
         .await;
     let gone = id_of(&uploaded[1]);
     let gone_url = str_of(&uploaded[1], "url").to_owned();
-    assert_eq!(app.stored_files().len(), 2);
+    // With direct downloads the listing's URL is the store's; ours must 404 too.
+    let gone_route_url = app.route_url(&uploaded[1], false);
+    assert_eq!(app.stored().await.len(), 2);
 
     let res = user
         .client
@@ -536,28 +549,28 @@ async fn a_deleted_file_leaves_the_listing_the_disk_and_its_url() {
     let listed = listing(&app, &user, chat).await;
     let names: Vec<&str> = listed.iter().map(|f| str_of(f, "name")).collect();
     assert_eq!(names, ["keep.txt"]);
-    let key = gone_url
-        .split("/files/")
-        .nth(1)
-        .and_then(|rest| rest.split('?').next())
-        .unwrap_or_default()
-        .to_owned();
-    assert!(!key.is_empty());
-    let stored = app.stored_files();
+    let key = key_of(&gone_url);
+    let stored = app.stored().await;
     assert_eq!(stored.len(), 1, "{stored:?}");
     assert!(
-        stored
-            .iter()
-            .all(|p| p.file_name().and_then(|n| n.to_str()) != Some(key.as_str())),
+        stored.iter().all(|name| !name.ends_with(&key)),
         "{stored:?}"
     );
 
-    let res = helpers::client()
-        .get(&gone_url)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_error(res, StatusCode::NOT_FOUND).await;
+    let get = async |url: &str| {
+        helpers::client()
+            .get(url)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    if helpers::direct_downloads() {
+        assert_eq!(
+            assert_store_error(get(&gone_url).await, StatusCode::NOT_FOUND).await,
+            "NoSuchKey"
+        );
+    }
+    assert_error(get(&gone_route_url).await, StatusCode::NOT_FOUND).await;
 
     let res = user
         .client
@@ -600,7 +613,7 @@ async fn listing_and_uploading_without_a_cookie_is_unauthorized() {
         assert_error(res, StatusCode::UNAUTHORIZED).await,
         "Unauthorized"
     );
-    assert!(app.stored_files().is_empty());
+    assert!(app.stored().await.is_empty());
 }
 
 #[tokio::test]
@@ -615,12 +628,21 @@ async fn two_listings_within_the_same_minute_give_byte_identical_urls() {
     // from 12:00:01 to 12:01:00 it is 12:16:00. Start one second into the minute.
     app.clock.advance(chrono::Duration::seconds(1));
     let first = listing(&app, &user, chat).await;
-    let expires = (helpers::start_time() + chrono::Duration::minutes(16)).timestamp();
+    let expires = app.started + chrono::Duration::minutes(16);
     let first_url = str_of(&first[0], "url");
-    assert!(
-        first_url.contains(&format!("expires={expires}&")),
-        "{first_url}"
-    );
+    if helpers::direct_downloads() {
+        // Presigned at a time fixed by the expiry: a minute and the TTL before it.
+        let signed_at = expires - chrono::Duration::minutes(16);
+        let date = signed_at.format("X-Amz-Date=%Y%m%dT%H%M%SZ&").to_string();
+        assert!(first_url.contains(&date), "{first_url}");
+        assert!(first_url.contains("X-Amz-Expires=960&"), "{first_url}");
+    } else {
+        let expires = expires.timestamp();
+        assert!(
+            first_url.contains(&format!("expires={expires}&")),
+            "{first_url}"
+        );
+    }
     app.clock.advance(chrono::Duration::seconds(10));
     let second = listing(&app, &user, chat).await;
     assert_eq!(str_of(&first[0], "url"), str_of(&second[0], "url"));
@@ -656,12 +678,13 @@ async fn uploading_touches_the_chats_updated_at() {
     let uploaded = app
         .upload_ok(&user, older, &[("a.txt", "text/plain", b"a")])
         .await;
-    assert_eq!(uploaded[0]["created_at"], json!("2030-01-15T12:06:00Z"));
+    let uploaded_at = rfc3339(app.started + chrono::Duration::minutes(6));
+    assert_eq!(uploaded[0]["created_at"], json!(uploaded_at));
 
     let after = chats().await;
     assert_eq!(after.iter().map(id_of).collect::<Vec<_>>(), [older, newer]);
-    assert_eq!(after[0]["updated_at"], json!("2030-01-15T12:06:00Z"));
-    assert_eq!(after[0]["created_at"], json!("2030-01-15T12:00:00Z"));
+    assert_eq!(after[0]["updated_at"], json!(uploaded_at));
+    assert_eq!(after[0]["created_at"], json!(rfc3339(app.started)));
 }
 
 #[tokio::test]
@@ -676,6 +699,15 @@ async fn urls_are_built_on_the_public_url_with_its_path_prefix() {
         .upload_ok(&user, chat, &[("a.txt", "text/plain", b"a")])
         .await;
     let url = uploaded[0]["url"].as_str().unwrap_or_default().to_owned();
+    if helpers::direct_downloads() {
+        // Presigned URLs name the store (`--s3-public-endpoint`), whatever `--public-url` is.
+        assert!(url.starts_with(&app.download_base()), "{url}");
+        assert!(!url.contains("files.example.com"), "{url}");
+        let res = reqwest::get(&url).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.bytes().await.unwrap_or_default().as_ref(), b"a");
+        return;
+    }
     assert!(
         url.starts_with("https://files.example.com/chat/files/"),
         "{url}"

@@ -1,14 +1,18 @@
 //! Spawns the real server on port 0 over a temp storage directory and a real SQLite file, with
 //! a hand-driven clock, and talks HTTP to it.
+//!
+//! The files' bytes go where `CHATFILES_TEST_BACKEND` says (see [`Backend`]): the storage
+//! directory, or a bucket of an S3 store with downloads direct or proxied.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use actix_web::dev::ServerHandle;
-use chatfiles::clock::ManualClock;
-use chatfiles::config::Config;
+use chatfiles::clock::{Clock, ManualClock};
+use chatfiles::config::{Config, StoreTarget};
 use chatfiles::startup::Application;
-use chrono::{DateTime, TimeZone, Utc};
+use chatfiles::storage::{Downloads, S3Credentials, S3Store};
+use chrono::{DateTime, DurationRound, TimeDelta, TimeZone, Utc};
 use reqwest::multipart::{Form, Part};
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{Value, json};
@@ -22,6 +26,8 @@ pub struct TestApp {
     /// `http://127.0.0.1:<port>`
     pub address: String,
     pub clock: Arc<ManualClock>,
+    /// Where the clock started (a restart keeps it).
+    pub started: DateTime<Utc>,
     pub config: Config,
     pub dir: Arc<TempDir>,
     /// `http://127.0.0.1:<port>` of `/metrics` when `--metrics-bind` gives it its own address.
@@ -72,6 +78,172 @@ pub fn start_time() -> DateTime<Utc> {
         .unwrap_or_default()
 }
 
+/// Selects the backend: `local` (or unset), `s3-direct` or `s3-proxy`.
+pub const BACKEND_ENV: &str = "CHATFILES_TEST_BACKEND";
+const S3_ENDPOINT_ENV: &str = "CHATFILES_TEST_S3_ENDPOINT";
+const S3_BUCKET_ENV: &str = "CHATFILES_TEST_S3_BUCKET";
+const S3_ACCESS_KEY_ENV: &str = "CHATFILES_TEST_S3_ACCESS_KEY";
+const S3_SECRET_KEY_ENV: &str = "CHATFILES_TEST_S3_SECRET_KEY";
+/// Optional: `us-east-1` without it.
+const S3_REGION_ENV: &str = "CHATFILES_TEST_S3_REGION";
+
+/// Where the [`TestApp`]s of this test process keep their files, from `CHATFILES_TEST_BACKEND`
+/// and, for S3, `CHATFILES_TEST_S3_{ENDPOINT,BUCKET,ACCESS_KEY,SECRET_KEY}` (and `_REGION`).
+/// `on_seaweedfs` runs the file, download and hostile suites again in a child process with
+/// these set; they can be pointed at another S3 store by hand the same way (other suites look
+/// at the storage directory itself).
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// `<storage>/objects`.
+    Local,
+    /// A bucket shared by every `TestApp` of the process, each under a prefix of its own
+    /// (`run-<uuid>/`), so that tests running in parallel never see each other's objects.
+    S3 {
+        bucket: S3Bucket,
+        downloads: Downloads,
+    },
+}
+
+/// An S3 store's bucket and the credentials to use it (addressed path-style).
+#[derive(Debug, Clone)]
+pub struct S3Bucket {
+    pub endpoint: String,
+    pub bucket: String,
+    pub access_key: String,
+    pub secret_key: String,
+    pub region: String,
+}
+
+/// The backend of this test process, read once.
+pub fn backend() -> &'static Backend {
+    static BACKEND: OnceLock<Backend> = OnceLock::new();
+    BACKEND.get_or_init(Backend::from_env)
+}
+
+/// Whether listings hand out presigned URLs straight to the store rather than our own.
+pub fn direct_downloads() -> bool {
+    matches!(
+        backend(),
+        Backend::S3 {
+            downloads: Downloads::Direct,
+            ..
+        }
+    )
+}
+
+impl Backend {
+    fn from_env() -> Backend {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let downloads = match var(BACKEND_ENV).as_deref() {
+            None | Some("local") => return Backend::Local,
+            Some("s3-direct") => Downloads::Direct,
+            Some("s3-proxy") => Downloads::Proxy,
+            Some(other) => panic!("{BACKEND_ENV}={other}: expected local, s3-direct or s3-proxy"),
+        };
+        let required = |name: &str| {
+            var(name).unwrap_or_else(|| panic!("{BACKEND_ENV} names S3, but {name} is not set"))
+        };
+        Backend::S3 {
+            bucket: S3Bucket {
+                endpoint: required(S3_ENDPOINT_ENV),
+                bucket: required(S3_BUCKET_ENV),
+                access_key: required(S3_ACCESS_KEY_ENV),
+                secret_key: required(S3_SECRET_KEY_ENV),
+                region: var(S3_REGION_ENV).unwrap_or_else(|| "us-east-1".to_owned()),
+            },
+            downloads,
+        }
+    }
+
+    /// The variables that select this backend in a child test process.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        let Backend::S3 { bucket, downloads } = self else {
+            return vec![(BACKEND_ENV, "local".to_owned())];
+        };
+        vec![
+            (BACKEND_ENV, format!("s3-{}", downloads.as_str())),
+            (S3_ENDPOINT_ENV, bucket.endpoint.clone()),
+            (S3_BUCKET_ENV, bucket.bucket.clone()),
+            (S3_ACCESS_KEY_ENV, bucket.access_key.clone()),
+            (S3_SECRET_KEY_ENV, bucket.secret_key.clone()),
+            (S3_REGION_ENV, bucket.region.clone()),
+        ]
+    }
+
+    /// Where a `TestApp`'s clock starts: [`start_time`], or with S3 the real time to the
+    /// minute. The store checks presigned URLs against its own clock (the service signs its own
+    /// requests with the real time, so only direct URLs depend on the test clock).
+    pub fn start_time(&self) -> DateTime<Utc> {
+        match self {
+            Backend::Local => start_time(),
+            Backend::S3 { .. } => Utc::now()
+                .duration_trunc(TimeDelta::minutes(1))
+                .unwrap_or_else(|e| panic!("{e}")),
+        }
+    }
+
+    /// Points `config` at this backend, an S3 bucket under a fresh prefix.
+    fn configure(&self, config: &mut Config) {
+        let Backend::S3 { bucket, downloads } = self else {
+            return;
+        };
+        config.object_store = StoreTarget::S3 {
+            bucket: bucket.bucket.clone(),
+            prefix: format!("run-{}/", uuid::Uuid::new_v4()),
+        };
+        config.s3.endpoint = Some(
+            bucket
+                .endpoint
+                .parse()
+                .unwrap_or_else(|e| panic!("{S3_ENDPOINT_ENV}: {e}")),
+        );
+        config.s3.region = bucket.region.clone();
+        config.s3.path_style = true;
+        config.s3.downloads = *downloads;
+        config.s3.credentials = Some(S3Credentials {
+            access_key_id: bucket.access_key.clone(),
+            secret_access_key: bucket.secret_key.clone().into(),
+            session_token: None,
+        });
+    }
+}
+
+/// The object key in a download URL: its last path segment (`/files/{key}`, or the object's
+/// name `/<bucket>/<prefix><key>` in a presigned URL straight to the store).
+pub fn key_of(url: &str) -> String {
+    let parsed = reqwest::Url::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+    let key = parsed.path().rsplit('/').next().unwrap_or_default();
+    assert!(
+        chatfiles::storage::is_valid_key(key),
+        "no object key in {url}"
+    );
+    key.to_owned()
+}
+
+/// Asserts that `res` is an error answered by the S3 store itself (XML, not our JSON shape)
+/// and returns its `<Code>` (empty for a HEAD, whose answer has no body).
+pub async fn assert_store_error(res: Response, status: StatusCode) -> String {
+    let answered = res.status();
+    let url = res.url().path().to_owned();
+    let content_type = res
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body = res.text().await.unwrap_or_default();
+    assert_eq!(answered, status, "from the store for {url}: {body}");
+    assert!(
+        content_type.contains("xml") && (body.is_empty() || body.contains("<Error>")),
+        "not an error of the store: {content_type} {body}"
+    );
+    body.split("<Code>")
+        .nth(1)
+        .and_then(|rest| rest.split("</Code>").next())
+        .unwrap_or_default()
+        .to_owned()
+}
+
 impl TestApp {
     /// A server with the default configuration (but a known secret and a small size limit).
     pub async fn spawn() -> TestApp {
@@ -80,7 +252,7 @@ impl TestApp {
 
     /// A server whose configuration `adjust` may change first.
     pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
-        Self::spawn_at(start_time(), adjust).await
+        Self::spawn_at(backend().start_time(), adjust).await
     }
 
     /// [`TestApp::spawn_with`], its clock starting at `now`.
@@ -90,6 +262,7 @@ impl TestApp {
         config.bind = "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}"));
         config.workers = Some(2);
         config.max_file_size = 1024 * 1024;
+        backend().configure(&mut config);
         adjust(&mut config);
         let clock = Arc::new(ManualClock::new(now));
         Self::start(config, clock, dir).await
@@ -105,6 +278,7 @@ impl TestApp {
         tokio::spawn(app.run_until_stopped());
         TestApp {
             address,
+            started: clock.now(),
             clock,
             config,
             dir,
@@ -117,7 +291,11 @@ impl TestApp {
     /// and clock (on a new port).
     pub async fn restart(self) -> TestApp {
         self.handle.stop(true).await;
-        Self::start(self.config.clone(), self.clock.clone(), self.dir.clone()).await
+        let restarted = Self::start(self.config.clone(), self.clock.clone(), self.dir.clone());
+        TestApp {
+            started: self.started,
+            ..restarted.await
+        }
     }
 
     /// [`TestApp::restart`] with the configuration changed by `adjust` first.
@@ -125,7 +303,11 @@ impl TestApp {
         self.handle.stop(true).await;
         let mut config = self.config.clone();
         adjust(&mut config);
-        Self::start(config, self.clock.clone(), self.dir.clone()).await
+        let restarted = Self::start(config, self.clock.clone(), self.dir.clone());
+        TestApp {
+            started: self.started,
+            ..restarted.await
+        }
     }
 
     pub fn storage_dir(&self) -> PathBuf {
@@ -289,6 +471,85 @@ impl TestApp {
             }
         }
         found
+    }
+
+    /// Everything stored for this server, wherever: the files under the storage directory's
+    /// `objects` and `tmp` areas (as paths under it), and with S3 the bucket's objects under
+    /// this server's prefix (`s3:<name>`, the start-up probe object aside) and the multipart
+    /// uploads still open there (`s3-upload:<name>`).
+    pub async fn stored(&self) -> Vec<String> {
+        let storage = self.storage_dir();
+        let mut found: Vec<String> = self
+            .stored_files()
+            .iter()
+            .map(|path| {
+                let under = path.strip_prefix(&storage).unwrap_or(path);
+                under.display().to_string()
+            })
+            .collect();
+        if let Some(s3) = self.bucket() {
+            let objects = s3.list().await.unwrap_or_else(|e| panic!("listing: {e}"));
+            found.extend(
+                objects
+                    .into_iter()
+                    .filter(|o| o.name != chatfiles::storage::s3::PROBE_OBJECT)
+                    .map(|o| format!("s3:{}", o.name)),
+            );
+            let open = s3
+                .unfinished()
+                .await
+                .unwrap_or_else(|e| panic!("uploads: {e}"));
+            found.extend(open.into_iter().map(|u| format!("s3-upload:{}", u.name)));
+        }
+        found.sort();
+        found
+    }
+
+    /// The S3 store this server keeps its files in, reached on our own (not through the
+    /// server); `None` with local storage.
+    fn bucket(&self) -> Option<S3Store> {
+        let settings = self.config.s3_settings(&self.config.object_store)?;
+        let store = S3Store::new(&settings, self.config.max_file_size);
+        Some(store.unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    /// What every download URL in a listing starts with: our own `/files/` on the public base,
+    /// or with direct downloads the objects' names in the bucket (path-style).
+    pub fn download_base(&self) -> String {
+        match self.config.s3_settings(&self.config.object_store) {
+            Some(s3) if s3.downloads == Downloads::Direct => {
+                let endpoint = s3.public_endpoint.as_str().trim_end_matches('/');
+                format!("{endpoint}/{}/{}", s3.bucket, s3.prefix)
+            }
+            _ => format!("{}/files/", self.public_base()),
+        }
+    }
+
+    /// The base our own download URLs are built on (`--public-url`, else our address).
+    fn public_base(&self) -> String {
+        let bound = self.address.trim_start_matches("http://").parse();
+        let bound = bound.unwrap_or_else(|e| panic!("{}: {e}", self.address));
+        chatfiles::config::public_base(self.config.public_url.as_ref(), bound)
+    }
+
+    /// Our own signed `/files/{key}` URL for `file` (a `ChatFile`), as a listing made now
+    /// would sign it, on this server's address. Without direct downloads that is the
+    /// listing's URL; with them, our route still serves it (from the bucket), so tests of the
+    /// route itself (headers, ranges, validators, signatures) run on every backend.
+    pub fn route_url(&self, file: &Value, download: bool) -> String {
+        let url = file["url"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no url in {file}"));
+        let key = key_of(url);
+        let keys = chatfiles::secrets::load_key_ring(
+            &self.storage_dir(),
+            self.config.secret.as_ref(),
+            &self.config.previous_secrets,
+        )
+        .unwrap_or_else(|e| panic!("the server's keys: {e:#}"));
+        let expires = chatfiles::signing::expiry(self.clock.unix(), self.config.url_ttl.as_secs());
+        let query = keys.current.urls.query(&key, expires, download);
+        format!("{}/files/{key}?{query}", self.address)
     }
 }
 

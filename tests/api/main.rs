@@ -16,6 +16,7 @@ mod logs;
 mod media_types;
 mod neptun_client;
 mod object_store;
+mod on_seaweedfs;
 mod openapi;
 mod operations;
 mod password;
@@ -23,6 +24,7 @@ mod quota;
 mod rotation;
 #[path = "../support/seaweed.rs"]
 mod seaweed;
+mod store_outage;
 mod throttle;
 #[path = "../support/tools.rs"]
 mod tools;

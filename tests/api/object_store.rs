@@ -21,7 +21,7 @@ use crate::tools::require;
 const PREFIX: &str = "chatfiles/";
 
 /// Points `config` at the node's bucket.
-fn use_bucket(config: &mut Config, node: &SeaweedNode, downloads: Downloads) {
+pub(crate) fn use_bucket(config: &mut Config, node: &SeaweedNode, downloads: Downloads) {
     config.object_store = StoreTarget::S3 {
         bucket: node.bucket.clone(),
         prefix: PREFIX.into(),
@@ -41,7 +41,7 @@ fn use_bucket(config: &mut Config, node: &SeaweedNode, downloads: Downloads) {
 
 /// A server on the node's bucket whose clock reads the real time (the store checks presigned
 /// URLs against its own clock), to the minute.
-async fn spawn_on(node: &SeaweedNode, downloads: Downloads) -> TestApp {
+pub(crate) async fn spawn_on(node: &SeaweedNode, downloads: Downloads) -> TestApp {
     let now = Utc::now()
         .duration_trunc(TimeDelta::minutes(1))
         .unwrap_or_else(|e| panic!("{e}"));

@@ -1,5 +1,6 @@
 //! Runs the real `chatfiles` binary as a child process over a storage directory that outlives
-//! it, kills it with SIGKILL, and checks what a crash may and may not leave behind.
+//! it, kills it with SIGKILL, and checks what a crash may and may not leave behind: on the local
+//! disk, or in an S3 bucket of a SeaweedFS node (`Deployment::on_s3`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
@@ -11,13 +12,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use chatfiles::storage::{Downloads, S3Credentials, S3Settings, S3Store, s3::PROBE_OBJECT};
 use parking_lot::Mutex;
 use rand::{RngCore, SeedableRng};
 use reqwest::multipart::{Form, Part};
 use reqwest::{Body, Client, Response, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
+
+use crate::seaweed::SeaweedNode;
 
 /// The binary under test, built with the `failpoints` feature.
 pub const BINARY: &str = env!("CARGO_BIN_EXE_chatfiles");
@@ -28,12 +33,20 @@ const SECRET: &str = "5c0ffee15bad5eed0ddba11c0c0a0b0e5c0ffee15bad5eed0ddba11c0c
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MIB: usize = 1024 * 1024;
 pub const KIB: usize = 1024;
+/// What `Deployment::command` allows (`CHATFILES_MAX_FILE_SIZE`): room for files of several
+/// S3 parts (8 MiB each).
+const MAX_FILE_SIZE: &str = "64MiB";
+/// The prefix an S3 deployment keeps its objects under.
+const S3_PREFIX: &str = "crash/";
 
-/// A storage directory (and database) that outlives the processes serving it.
+/// A storage directory (and database) that outlives the processes serving it, with its bytes
+/// there or in a bucket.
 pub struct Deployment {
     dir: TempDir,
     storage: PathBuf,
     database: Option<PathBuf>,
+    /// `None`: the objects live under `<storage>/objects`.
+    bucket: Option<Bucket>,
     /// Every line any of its processes printed, tagged with the run it came from.
     log: Arc<Mutex<Vec<String>>>,
     runs: AtomicUsize,
@@ -48,9 +61,23 @@ impl Deployment {
             dir,
             storage,
             database: None,
+            bucket: None,
             log: Arc::default(),
             runs: AtomicUsize::new(0),
         }
+    }
+
+    /// A fresh deployment whose objects live in `node`'s bucket under `crash/`, its listings'
+    /// URLs as `downloads` says. The node must outlive it.
+    pub fn on_s3(node: &SeaweedNode, downloads: Downloads) -> Self {
+        let mut deployment = Self::create();
+        deployment.bucket = Some(Bucket::new(node, downloads));
+        deployment
+    }
+
+    /// The bucket, for an S3 deployment.
+    pub fn bucket(&self) -> Option<&Bucket> {
+        self.bucket.as_ref()
     }
 
     /// A fresh deployment whose database lives beside, not inside, the storage directory.
@@ -71,11 +98,16 @@ impl Deployment {
     }
 
     /// `program` with the service's environment and nothing inherited that could change it.
+    /// An S3 deployment's credentials go in the standard AWS variables, never in flags.
     pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
         let mut command = Command::new(program);
         for (name, _) in std::env::vars_os() {
             let name = name.to_string_lossy();
-            if name.starts_with("CHATFILES_") || name == "FAILPOINTS" || name == "RUST_LOG" {
+            if name.starts_with("CHATFILES_")
+                || name.starts_with("AWS_")
+                || name == "FAILPOINTS"
+                || name == "RUST_LOG"
+            {
                 command.env_remove(name.as_ref());
             }
         }
@@ -84,10 +116,30 @@ impl Deployment {
             .env("CHATFILES_BIND", "127.0.0.1:0")
             .env("CHATFILES_SECRET", SECRET)
             .env("CHATFILES_WORKERS", "2")
-            .env("CHATFILES_MAX_FILE_SIZE", "64MiB")
+            .env("CHATFILES_MAX_FILE_SIZE", MAX_FILE_SIZE)
             .env("RUST_LOG", "info");
         if let Some(database) = &self.database {
             command.env("CHATFILES_DATABASE", database);
+        }
+        if let Some(bucket) = &self.bucket {
+            let settings = &bucket.settings;
+            let credentials = settings.credentials.as_ref();
+            let (key_id, secret) = credentials
+                .map(|c| {
+                    (
+                        c.access_key_id.as_str(),
+                        c.secret_access_key.expose_secret(),
+                    )
+                })
+                .unwrap_or_default();
+            command
+                .env("CHATFILES_OBJECT_STORE", settings.location())
+                .env("CHATFILES_S3_ENDPOINT", settings.endpoint.as_str())
+                .env("CHATFILES_S3_REGION", &settings.region)
+                .env("CHATFILES_S3_PATH_STYLE", "true")
+                .env("CHATFILES_S3_DOWNLOADS", settings.downloads.as_str())
+                .env("AWS_ACCESS_KEY_ID", key_id)
+                .env("AWS_SECRET_ACCESS_KEY", secret);
         }
         command
     }
@@ -211,10 +263,70 @@ impl Deployment {
             .unwrap_or_else(|e| panic!("cannot read the files: {e}"))
     }
 
+    /// The pending-object journal: keys whose objects may exist without a row.
+    pub fn pending(&self) -> BTreeSet<String> {
+        let path = self.database();
+        let conn = rusqlite::Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE,
+        )
+        .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+        conn.busy_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("busy timeout: {e}"));
+        let mut stmt = conn
+            .prepare("SELECT object_key FROM pending_object")
+            .unwrap_or_else(|e| panic!("cannot query the journal: {e}"));
+        stmt.query_map([], |r| r.get(0))
+            .and_then(|rows| rows.collect::<Result<BTreeSet<_>, _>>())
+            .unwrap_or_else(|e| panic!("cannot read the journal: {e}"))
+    }
+
     /// Checks the directories against the database, without asking the service: the temp area
     /// is empty, every row has its object with the recorded size and hash, every object a row.
     pub fn assert_storage_consistent(&self) {
         assert_storage_consistent(&self.storage, &self.rows());
+    }
+
+    /// Checks where the bytes are against the database, without asking the service (which must
+    /// be idle): locally as [`Deployment::assert_storage_consistent`]; in a bucket, it holds
+    /// exactly the rows' objects (besides the probe object), each of its recorded size and
+    /// SHA-256, no multipart upload is open, nothing was written to the storage directory's
+    /// object areas, and the journal is empty.
+    pub async fn assert_consistent(&self) {
+        let Some(bucket) = &self.bucket else {
+            self.assert_storage_consistent();
+            return;
+        };
+        for area in ["objects", "tmp"] {
+            let dir = self.storage.join(area);
+            let entries: Vec<_> = std::fs::read_dir(&dir)
+                .map(|entries| entries.flatten().map(|e| e.path()).collect())
+                .unwrap_or_default();
+            assert!(
+                entries.is_empty(),
+                "an S3 deployment wrote to {}: {entries:?}",
+                dir.display()
+            );
+        }
+        bucket.assert_holds_exactly(&self.rows()).await;
+        let pending = self.pending();
+        assert!(
+            pending.is_empty(),
+            "keys left pending in the journal: {pending:?}"
+        );
+    }
+
+    /// The keys of the objects stored (not those being uploaded), wherever they are.
+    pub async fn stored_keys(&self) -> BTreeSet<String> {
+        match &self.bucket {
+            Some(bucket) => bucket.keys().await,
+            None => object_files(&self.storage).into_keys().collect(),
+        }
+    }
+
+    /// Whether the object `key` is stored.
+    pub async fn has_object(&self, key: &str) -> bool {
+        self.stored_keys().await.contains(key)
     }
 
     /// `chatfiles check` on the (stopped) deployment finds nothing wrong.
@@ -237,11 +349,120 @@ impl Deployment {
         );
     }
 
-    /// The end of every scenario: consistent on disk, then killed, then clean for `check`.
-    pub fn finish(&self, service: Service) {
-        self.assert_storage_consistent();
+    /// The end of every scenario: consistent, then killed, then clean for `check` (which reads
+    /// the bucket of an S3 deployment, with the service's settings and credentials).
+    pub async fn finish(&self, service: Service) {
+        self.assert_consistent().await;
         service.kill();
         self.assert_check_passes();
+    }
+}
+
+/// An S3 deployment's bucket, looked into with a store of our own (not through the service).
+pub struct Bucket {
+    settings: S3Settings,
+    store: S3Store,
+}
+
+impl Bucket {
+    fn new(node: &SeaweedNode, downloads: Downloads) -> Self {
+        let endpoint: url::Url = node
+            .endpoint
+            .parse()
+            .unwrap_or_else(|e| panic!("{}: {e}", node.endpoint));
+        let settings = S3Settings {
+            bucket: node.bucket.clone(),
+            prefix: S3_PREFIX.to_owned(),
+            public_endpoint: endpoint.clone(),
+            endpoint,
+            region: node.region.clone(),
+            path_style: true,
+            downloads,
+            credentials: Some(S3Credentials {
+                access_key_id: node.access_key.clone(),
+                secret_access_key: SecretString::from(node.secret_key.clone()),
+                session_token: None,
+            }),
+        };
+        let store = S3Store::new(&settings, 64 * MIB as u64)
+            .unwrap_or_else(|e| panic!("an S3 store for {}: {e}", settings.location()));
+        Self { settings, store }
+    }
+
+    pub fn downloads(&self) -> Downloads {
+        self.settings.downloads
+    }
+
+    /// Every object under the prefix but the probe, by key; panics on a name that is no key.
+    pub async fn objects(&self) -> BTreeMap<String, u64> {
+        let listed = self
+            .store
+            .list()
+            .await
+            .unwrap_or_else(|e| panic!("listing the bucket: {e}"));
+        let mut objects = BTreeMap::new();
+        for object in listed {
+            if object.name == PROBE_OBJECT {
+                continue;
+            }
+            assert!(
+                chatfiles::storage::is_valid_key(&object.name),
+                "stray object in the bucket: {S3_PREFIX}{}",
+                object.name
+            );
+            objects.insert(object.name, object.size);
+        }
+        objects
+    }
+
+    pub async fn keys(&self) -> BTreeSet<String> {
+        self.objects().await.into_keys().collect()
+    }
+
+    /// The keys of the multipart uploads begun under the prefix and never completed or aborted.
+    pub async fn unfinished(&self) -> Vec<String> {
+        self.store
+            .unfinished()
+            .await
+            .unwrap_or_else(|e| panic!("listing the multipart uploads: {e}"))
+            .into_iter()
+            .map(|upload| upload.name)
+            .collect()
+    }
+
+    /// The bytes of the object `key`, `size` long.
+    pub async fn read(&self, key: &str, size: u64) -> Bytes {
+        self.store
+            .read(key, 0, size, size)
+            .await
+            .unwrap_or_else(|e| panic!("reading object {key}: {e}"))
+            .collect()
+            .await
+            .unwrap_or_else(|e| panic!("reading object {key}: {e}"))
+    }
+
+    /// The bucket holds exactly the objects of `rows` (key, size, SHA-256), each with its
+    /// recorded size and bytes, and no multipart upload is open.
+    pub async fn assert_holds_exactly(&self, rows: &[(String, u64, String)]) {
+        let mut objects = self.objects().await;
+        for (key, size, sha) in rows {
+            let listed = objects
+                .remove(key)
+                .unwrap_or_else(|| panic!("row for object {key} has no object in the bucket"));
+            assert_eq!(listed, *size, "object {key} is listed with the wrong size");
+            let bytes = self.read(key, *size).await;
+            assert_eq!(&sha256(&bytes), sha, "object {key} has the wrong SHA-256");
+        }
+        assert!(
+            objects.is_empty(),
+            "objects without a row survived the sweep: {:?}",
+            objects.keys().collect::<Vec<_>>()
+        );
+        let unfinished = self.unfinished().await;
+        assert!(
+            unfinished.is_empty(),
+            "multipart uploads left open: {unfinished:?}"
+        );
     }
 }
 
@@ -472,14 +693,21 @@ pub fn sha256(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// The object key in a signed download URL (`/files/{key}?…`).
+/// The object key in a listed URL, its last path segment: `/files/{key}?…` (local storage,
+/// proxied downloads) or `<endpoint>/<bucket>/<prefix>{key}?X-Amz-…` (direct downloads).
 pub fn object_key(url: &str) -> String {
     let parsed = reqwest::Url::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"));
-    parsed
+    let key = parsed
         .path()
-        .strip_prefix("/files/")
-        .unwrap_or_else(|| panic!("not a download URL: {url}"))
-        .to_owned()
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        chatfiles::storage::is_valid_key(&key),
+        "no object key in the URL {url}"
+    );
+    key
 }
 
 /// Files in `<storage>/tmp`, with their sizes.

@@ -1,18 +1,22 @@
 //! SIGKILL at chosen moments of an upload or a delete, then a restart over the same storage:
 //! what was acknowledged survives whole, nothing else does, and nothing is left lying around.
+//!
+//! Each scenario runs on the local disk and, in `s3`, on a bucket of a real SeaweedFS node.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use chatfiles::storage::Downloads;
 use rand::{Rng, SeedableRng};
 use reqwest::StatusCode;
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
 use crate::harness::{
-    Account, Deployment, KIB, Ledger, MIB, Service, TestFile, assert_error, form, object_files,
-    object_key, poll_until, temp_files,
+    Account, Deployment, KIB, Ledger, MIB, Service, TestFile, assert_error, form, object_key,
+    poll_until, temp_files,
 };
 
 /// The answer to an upload that may be cut off by a kill: its request number, and the body of
@@ -107,15 +111,18 @@ async fn upload_acknowledged(
     body
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_kill_during_upload_bodies_keeps_every_acknowledged_file_and_nothing_else() {
-    let deployment = Deployment::create();
+/// Uploads trickled into the service are killed mid-body; the restart keeps the four
+/// acknowledged requests' files and nothing of the three cut off. Locally the kill comes while
+/// the three are being written to tmp/; on S3, while each is in the middle of a multipart upload
+/// (its first 8 MiB part sent or on its way, the second not yet arrived), which the restart's
+/// sweep must abort.
+async fn kill_during_upload_bodies(deployment: Deployment) {
     let service = deployment.start().await;
     let mut alice = Account::sign_up(&service).await;
     let chat = alice.create_chat(&service, "killed mid-body").await;
     let mut ledger = Ledger::default();
     ledger.add_chat(chat);
-    let before = [
+    let mut before = vec![
         vec![TestFile::random("before-1.txt", 1, 10 * KIB)],
         vec![
             TestFile::random("before-2.bin", 2, MIB),
@@ -123,12 +130,17 @@ async fn a_kill_during_upload_bodies_keeps_every_acknowledged_file_and_nothing_e
         ],
         vec![TestFile::random("before-4.bin", 4, 5)],
     ];
+    if deployment.bucket().is_some() {
+        // Over one part: a completed multipart upload that must survive the sweep.
+        before.push(vec![TestFile::random("before-5.bin", 5, 9 * MIB + 3)]);
+    }
     for files in &before {
         upload_acknowledged(&mut ledger, &alice, &service, chat, files).await;
     }
 
     // Three uploads trickled at about 2.5 MiB/s, so that each is still arriving at the kill;
-    // the second has a whole first file (already fsync'd in tmp/) before its slow one.
+    // the second has a whole first file (already fsync'd in tmp/, or held in memory for one
+    // PUT on S3) before its slow one.
     let chunk = 64 * KIB;
     let pause = Duration::from_millis(25);
     let slow = [
@@ -151,36 +163,68 @@ async fn a_kill_during_upload_bodies_keeps_every_acknowledged_file_and_nothing_e
         });
         uploads.spawn(&alice, &service, chat, request, form(parts));
     }
-    // Mid-flight: four temp files (one finished, three growing), each slow one past its first
-    // 256 KiB write.
-    let storage = deployment.storage().to_path_buf();
-    poll_until(
-        "the three slow uploads are being written to tmp/",
-        Duration::from_secs(30),
-        async || {
-            let temp = temp_files(&storage);
-            let growing = temp.iter().filter(|(_, size)| *size >= 512 * 1024).count();
-            (temp.len() >= 4 && growing >= 3).then_some(())
-        },
-    )
-    .await;
+    match deployment.bucket() {
+        None => {
+            // Mid-flight: four temp files (one finished, three growing), each slow one past its
+            // first 256 KiB write.
+            let storage = deployment.storage().to_path_buf();
+            poll_until(
+                "the three slow uploads are being written to tmp/",
+                Duration::from_secs(30),
+                async || {
+                    let temp = temp_files(&storage);
+                    let growing = temp.iter().filter(|(_, size)| *size >= 512 * 1024).count();
+                    (temp.len() >= 4 && growing >= 3).then_some(())
+                },
+            )
+            .await;
+        }
+        Some(bucket) => {
+            // Each slow file's multipart upload is begun once its first part has arrived
+            // (after about 3.2 s); the second part is due 3.2 s later.
+            poll_until(
+                "the three slow uploads are in the middle of their multipart uploads",
+                Duration::from_secs(30),
+                async || (bucket.unfinished().await.len() >= 3).then_some(()),
+            )
+            .await;
+        }
+    }
     service.kill();
     assert_eq!(
         uploads.settle(&mut ledger).await,
         0,
         "a slow upload finished before the kill: the test did not catch it mid-flight"
     );
+    if let Some(bucket) = deployment.bucket() {
+        // What the kill left for the restart to clean up, each one known to the journal.
+        let open = bucket.unfinished().await;
+        assert_eq!(
+            open.len(),
+            3,
+            "multipart uploads open after the kill: {open:?}"
+        );
+        let pending = deployment.pending();
+        for key in &open {
+            assert!(
+                pending.contains(key),
+                "the open multipart upload of {key} is not in the journal: {pending:?}"
+            );
+        }
+    }
 
     let service = deployment.start().await;
     alice.log_in(&service).await;
     ledger.verify_exactly_acknowledged(&service, &alice).await;
-    assert_eq!(ledger.acknowledged_names().len(), 4);
-    deployment.finish(service);
+    let expected = before.iter().map(Vec::len).sum::<usize>();
+    assert_eq!(ledger.acknowledged_names().len(), expected);
+    deployment.finish(service).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_upload_killed_between_rename_and_insert_is_not_listed_and_its_object_is_swept() {
-    let deployment = Deployment::create();
+/// Killed with every object of an upload stored (renamed into objects/, or PUT or completed in
+/// the bucket) and no row written yet: the restart lists none of it and removes its objects,
+/// which the journal names.
+async fn kill_between_objects_and_rows(deployment: Deployment) {
     let service = deployment.start().await;
     let mut alice = Account::sign_up(&service).await;
     let chat = alice
@@ -196,9 +240,15 @@ async fn an_upload_killed_between_rename_and_insert_is_not_listed_and_its_object
         .start_with_failpoints("upload-after-commit=sleep(60000)")
         .await;
     alice.log_in(&service).await;
-    let existing = object_files(deployment.storage());
+    let existing = deployment.stored_keys().await;
+    // On S3 the first is over one part: a completed multipart upload, the second one PUT.
+    let first = if deployment.bucket().is_some() {
+        9 * MIB + 1
+    } else {
+        700 * KIB
+    };
     let caught = [
-        TestFile::random("caught-1.bin", 22, 700 * KIB),
+        TestFile::random("caught-1.bin", 22, first),
         TestFile::random("caught-2.bin", 23, 3 * KIB),
     ];
     let request = ledger.sent(chat, &caught);
@@ -210,25 +260,35 @@ async fn an_upload_killed_between_rename_and_insert_is_not_listed_and_its_object
         request,
         form(caught.iter().map(TestFile::part)),
     );
-    let storage = deployment.storage().to_path_buf();
-    let renamed = poll_until(
-        "both objects of the upload are renamed into objects/",
+    let stored = poll_until(
+        "both objects of the upload are stored",
         Duration::from_secs(20),
         async || {
-            let new: Vec<_> = object_files(&storage)
-                .into_iter()
-                .filter(|(key, _)| !existing.contains_key(key))
+            let new: BTreeSet<String> = deployment
+                .stored_keys()
+                .await
+                .difference(&existing)
+                .cloned()
                 .collect();
             (new.len() == 2).then_some(new)
         },
     )
     .await;
     let rows = deployment.rows();
-    for (key, _) in &renamed {
+    let pending = deployment.pending();
+    for key in &stored {
         assert!(
             rows.iter().all(|(k, _, _)| k != key),
-            "object {key} already has a row: the fault point is not between rename and insert"
+            "object {key} already has a row: the fault point is not between objects and rows"
         );
+        assert!(
+            pending.contains(key),
+            "stored object {key} has no row and is not in the journal"
+        );
+    }
+    if let Some(bucket) = deployment.bucket() {
+        let open = bucket.unfinished().await;
+        assert!(open.is_empty(), "the upload left {open:?} open");
     }
     assert!(!upload.all_answered(), "the upload was answered early");
     service.kill();
@@ -245,15 +305,19 @@ async fn an_upload_killed_between_rename_and_insert_is_not_listed_and_its_object
         ledger.acknowledged_names().into_iter().collect::<Vec<_>>(),
         ["kept.txt"]
     );
-    for (key, path) in &renamed {
-        assert!(!path.exists(), "object {key} outlived the start-up sweep");
+    let left = deployment.stored_keys().await;
+    for key in &stored {
+        assert!(
+            !left.contains(key),
+            "object {key} outlived the start-up sweep"
+        );
     }
-    deployment.finish(service);
+    deployment.finish(service).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_file_whose_delete_was_killed_stays_deleted_and_its_bytes_are_swept() {
-    let deployment = Deployment::create();
+/// Killed after a delete's row is gone (durably, its key in the journal) and before its object
+/// is: it stays deleted, and the restart removes the object.
+async fn kill_between_row_and_object_delete(deployment: Deployment) {
     let service = deployment
         .start_with_failpoints("remove-objects=sleep(60000)")
         .await;
@@ -273,9 +337,14 @@ async fn a_file_whose_delete_was_killed_stays_deleted_and_its_bytes_are_swept() 
         .unwrap_or_else(|| panic!("no url in {body}"))
         .to_owned();
     let key = object_key(&old_url);
-    let object = object_files(deployment.storage())
-        .remove(&key)
-        .unwrap_or_else(|| panic!("no object {key} for doomed.pdf"));
+    assert!(
+        deployment.has_object(&key).await,
+        "no object {key} for doomed.pdf"
+    );
+    // Straight to the store: the service is not asked whether the file still exists.
+    let direct = deployment
+        .bucket()
+        .is_some_and(|b| b.downloads() == Downloads::Direct);
 
     let delete = {
         let client = alice.client.clone();
@@ -295,9 +364,22 @@ async fn a_file_whose_delete_was_killed_stays_deleted_and_its_bytes_are_swept() 
     )
     .await;
     // Row gone, bytes still there, no 204 yet: the delete is inside the fault point.
-    assert!(object.exists(), "the bytes went before the kill");
+    assert!(
+        deployment.has_object(&key).await,
+        "the bytes went before the kill"
+    );
+    assert!(
+        deployment.pending().contains(&key),
+        "the deleted row's object {key} is not in the journal"
+    );
     assert!(!delete.is_finished(), "the delete was answered early");
-    assert_error(service.download(&old_url).await, StatusCode::NOT_FOUND).await;
+    if direct {
+        // The store answers from its own state: the object is still there.
+        let status = service.download(&old_url).await.status();
+        println!("a direct URL of a deleted file whose object is not yet removed: {status}");
+    } else {
+        assert_error(service.download(&old_url).await, StatusCode::NOT_FOUND).await;
+    }
     service.kill();
     let answer = delete.await.unwrap_or_else(|e| panic!("delete task: {e}"));
     assert!(answer.is_err(), "the delete got an answer: {answer:?}");
@@ -306,20 +388,30 @@ async fn a_file_whose_delete_was_killed_stays_deleted_and_its_bytes_are_swept() 
     let service = deployment.start().await;
     alice.log_in(&service).await;
     ledger.verify_exactly_acknowledged(&service, &alice).await;
-    assert_error(
-        service.download(&service.rebase(&old_url)).await,
-        StatusCode::NOT_FOUND,
-    )
-    .await;
+    if direct {
+        let res = service.download(&old_url).await;
+        assert_eq!(
+            res.status(),
+            StatusCode::NOT_FOUND,
+            "the store still serves the deleted file after the sweep"
+        );
+    } else {
+        assert_error(
+            service.download(&service.rebase(&old_url)).await,
+            StatusCode::NOT_FOUND,
+        )
+        .await;
+    }
     assert!(
-        !object.exists(),
+        !deployment.has_object(&key).await,
         "the deleted file's bytes outlived the sweep"
     );
-    deployment.finish(service);
+    deployment.finish(service).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn uploads_killed_at_random_moments_are_whole_or_absent() {
+/// Four rounds of ten uploads (some of two files) of log-uniform sizes in `sizes`, killed after
+/// none, a few or most are acknowledged, each restart checked.
+async fn uploads_killed_at_random_moments(deployment: Deployment, sizes: (usize, usize)) {
     let seed = std::env::var("CHATFILES_CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -331,7 +423,6 @@ async fn uploads_killed_at_random_moments_are_whole_or_absent() {
         });
     println!("seed {seed} (set CHATFILES_CRASH_SEED to repeat the sizes and delays)");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let deployment = Deployment::create();
     let mut service = deployment.start().await;
     let mut alice = Account::sign_up(&service).await;
     let chats = [
@@ -342,6 +433,7 @@ async fn uploads_killed_at_random_moments_are_whole_or_absent() {
     for chat in chats {
         ledger.add_chat(chat);
     }
+    let (smallest, largest) = (sizes.0 as f64, sizes.1 as f64);
     for round in 0..4 {
         // Every body is made before the first is sent, so that all ten start together.
         let requests: Vec<(i64, Vec<TestFile>)> = (0..10)
@@ -349,9 +441,8 @@ async fn uploads_killed_at_random_moments_are_whole_or_absent() {
                 let count = if rng.gen_bool(0.25) { 2 } else { 1 };
                 let files = (0..count)
                     .map(|part| {
-                        // Log-uniform between 4 KiB and 8 MiB.
-                        let size =
-                            (4.0 * KIB as f64 * 2048f64.powf(rng.gen_range(0.0..1.0))) as usize;
+                        let size = (smallest * (largest / smallest).powf(rng.gen_range(0.0..1.0)))
+                            as usize;
                         TestFile::random(format!("r{round}-u{n}-{part}.bin"), rng.r#gen(), size)
                     })
                     .collect();
@@ -366,7 +457,7 @@ async fn uploads_killed_at_random_moments_are_whole_or_absent() {
         }
         // The moment of the kill is what this scenario varies: after none, a few or most of the
         // 201s, plus a random few milliseconds, while the others are anywhere in their bodies,
-        // renames or transactions.
+        // renames (or parts) or transactions.
         let started = Instant::now();
         let wait_for = [0, 2, 4, 7][round];
         poll_until(
@@ -376,11 +467,14 @@ async fn uploads_killed_at_random_moments_are_whole_or_absent() {
         )
         .await;
         tokio::time::sleep(Duration::from_millis(rng.gen_range(0..20))).await;
-        let in_tmp = temp_files(deployment.storage()).len();
+        let in_flight = match deployment.bucket() {
+            None => format!("{} temp files", temp_files(deployment.storage()).len()),
+            Some(bucket) => format!("{} open multipart uploads", bucket.unfinished().await.len()),
+        };
         service.kill();
         let acknowledged = uploads.settle(&mut ledger).await;
         println!(
-            "round {round}: killed after {:?} (waited for {wait_for} 201s) with {in_tmp} temp files; {acknowledged} of 10 uploads acknowledged",
+            "round {round}: killed after {:?} (waited for {wait_for} 201s) with {in_flight}; {acknowledged} of 10 uploads acknowledged",
             started.elapsed()
         );
 
@@ -388,7 +482,79 @@ async fn uploads_killed_at_random_moments_are_whole_or_absent() {
         alice.log_in(&service).await;
         let adopted = ledger.verify(&service, &alice).await;
         println!("round {round}: unacknowledged but whole and listed: {adopted:?}");
-        deployment.assert_storage_consistent();
+        deployment.assert_consistent().await;
     }
-    deployment.finish(service);
+    deployment.finish(service).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_kill_during_upload_bodies_keeps_every_acknowledged_file_and_nothing_else() {
+    kill_during_upload_bodies(Deployment::create()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upload_killed_between_rename_and_insert_is_not_listed_and_its_object_is_swept() {
+    kill_between_objects_and_rows(Deployment::create()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_file_whose_delete_was_killed_stays_deleted_and_its_bytes_are_swept() {
+    kill_between_row_and_object_delete(Deployment::create()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn uploads_killed_at_random_moments_are_whole_or_absent() {
+    // Log-uniform between 4 KiB and 8 MiB.
+    uploads_killed_at_random_moments(Deployment::create(), (4 * KIB, 8 * MIB)).await;
+}
+
+/// The same scenarios on a bucket of a real SeaweedFS node (skipped without `weed`: see
+/// tools.rs), each checked against the bucket itself: its objects under the prefix and its
+/// open multipart uploads.
+///
+/// The download mode does not change what an upload or a delete writes (it only decides where a
+/// listing's `url` points), so each upload scenario runs in one mode, the two modes shared out
+/// so that the checks read every listed file through both paths. The delete scenario runs in
+/// both: a deleted file's URL is answered by the service (proxy) or by the store (direct).
+mod s3 {
+    use super::*;
+    use crate::seaweed::{self, SeaweedNode};
+    use crate::tools::require;
+
+    /// A node, or `None` once the test's SKIPPED line is written.
+    async fn node() -> Option<SeaweedNode> {
+        require(seaweed::start().await)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_kill_mid_multipart_upload_leaves_exactly_the_listed_objects_and_no_open_uploads() {
+        let Some(node) = node().await else { return };
+        kill_during_upload_bodies(Deployment::on_s3(&node, Downloads::Proxy)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn an_upload_killed_between_its_objects_and_its_rows_is_not_listed_and_is_swept() {
+        let Some(node) = node().await else { return };
+        kill_between_objects_and_rows(Deployment::on_s3(&node, Downloads::Direct)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_delete_killed_before_its_object_went_is_swept_with_proxied_downloads() {
+        let Some(node) = node().await else { return };
+        kill_between_row_and_object_delete(Deployment::on_s3(&node, Downloads::Proxy)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_delete_killed_before_its_object_went_is_swept_with_direct_downloads() {
+        let Some(node) = node().await else { return };
+        kill_between_row_and_object_delete(Deployment::on_s3(&node, Downloads::Direct)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn uploads_killed_at_random_moments_are_whole_or_absent_and_leave_no_open_uploads() {
+        let Some(node) = node().await else { return };
+        // Log-uniform between 64 KiB and 24 MiB: about one file in five over one 8 MiB part.
+        let deployment = Deployment::on_s3(&node, Downloads::Proxy);
+        uploads_killed_at_random_moments(deployment, (64 * KIB, 24 * MIB)).await;
+    }
 }

@@ -1,7 +1,10 @@
-//! Crash tests: the real binary killed with SIGKILL mid-write, restarted over the same storage.
+//! Crash tests: the real binary killed with SIGKILL mid-write, restarted over the same storage
+//! (a local directory, or a bucket of a real SeaweedFS node).
 
 mod disk_full;
 mod harness;
 mod kills;
+#[path = "../support/seaweed.rs"]
+mod seaweed;
 #[path = "../support/tools.rs"]
 mod tools;
