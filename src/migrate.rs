@@ -16,7 +16,6 @@ use rusqlite::{Connection, OpenFlags};
 use sha2::{Digest, Sha256};
 
 use crate::config::{Config, StoreTarget};
-use crate::startup::open_store;
 use crate::storage::{ObjectBody, ObjectStore, StorageLock, StoreError};
 
 /// A progress line every this many files.
@@ -81,10 +80,11 @@ pub async fn migrate(
             )
         })?;
     let rows = file_rows(&database)?;
-    let source = open_store(config, &config.object_store)
+    let source = config
+        .open_store(&config.object_store)
         .await
         .context("the source")?;
-    let target = open_store(config, to).await.context("the target")?;
+    let target = config.open_store(to).await.context("the target")?;
     let total: u64 = rows.iter().map(|r| r.size).sum();
     writeln!(
         out,

@@ -32,7 +32,7 @@ use crate::session::{
     CookieKeys, SESSION_COOKIE, SessionCache, SqliteSessionStore, adopt_previous_cookies,
 };
 use crate::state::AppState;
-use crate::storage::{LocalStore, ObjectStore, S3Store, StorageLock, StoreError};
+use crate::storage::{ObjectStore, StorageLock};
 use crate::throttle::LoginThrottle;
 /// Largest JSON body accepted (sign-up, login, chats).
 const JSON_LIMIT: usize = 16 * 1024;
@@ -98,7 +98,7 @@ impl Application {
                     config.storage_dir.display()
                 )
             })?;
-        let store = open_store(config, &config.object_store).await?;
+        let store = config.open_store(&config.object_store).await?;
         let KeyRing {
             current: keys,
             previous_sessions,
@@ -293,31 +293,6 @@ impl Application {
         }
         drop(self.lock);
         result
-    }
-}
-
-/// Opens the object store `target` names with the configuration's S3 settings; an S3 bucket
-/// must answer, accept the credentials and take a write, or the start stops naming why.
-pub async fn open_store(
-    config: &Config,
-    target: &crate::config::StoreTarget,
-) -> anyhow::Result<ObjectStore> {
-    let Some(settings) = config.s3_settings(target) else {
-        let local = LocalStore::open(&config.storage_dir).with_context(|| {
-            format!(
-                "cannot prepare storage directory {}",
-                config.storage_dir.display()
-            )
-        })?;
-        return Ok(ObjectStore::Local(local));
-    };
-    let s3 = S3Store::new(&settings, config.max_file_size)?;
-    match s3.probe().await {
-        Ok(()) => Ok(ObjectStore::S3(s3)),
-        Err(StoreError::Unavailable(reason)) => {
-            anyhow::bail!("object store {}: {reason}", s3.describe())
-        }
-        Err(err) => anyhow::bail!("object store {}: {err}", s3.describe()),
     }
 }
 

@@ -29,7 +29,9 @@ pub use cli::{
 };
 pub use values::{StoreTarget, format_duration, format_size, parse_object_store, parse_size};
 
-use crate::storage::{Downloads, S3Credentials, S3Settings};
+use crate::storage::{
+    Downloads, LocalStore, ObjectStore, S3Credentials, S3Settings, S3Store, StoreError,
+};
 
 /// Name of the environment variable holding the master secret. Never a flag: flags show up in
 /// `ps` and shell history.
@@ -242,6 +244,28 @@ impl Config {
             downloads: self.s3.downloads,
             credentials: self.s3.credentials.clone(),
         })
+    }
+
+    /// Opens the object store `target` names, with these S3 settings: an S3 bucket must answer,
+    /// accept the credentials and take a write, or the error names why.
+    pub async fn open_store(&self, target: &StoreTarget) -> anyhow::Result<ObjectStore> {
+        let Some(settings) = self.s3_settings(target) else {
+            let local = LocalStore::open(&self.storage_dir).map_err(|err| {
+                anyhow::anyhow!(
+                    "cannot prepare storage directory {}: {err}",
+                    self.storage_dir.display()
+                )
+            })?;
+            return Ok(ObjectStore::Local(local));
+        };
+        let s3 = S3Store::new(&settings, self.max_file_size)?;
+        match s3.probe().await {
+            Ok(()) => Ok(ObjectStore::S3(s3)),
+            Err(StoreError::Unavailable(reason)) => {
+                anyhow::bail!("object store {}: {reason}", s3.describe())
+            }
+            Err(err) => anyhow::bail!("object store {}: {err}", s3.describe()),
+        }
     }
 
     /// Reads the S3 credentials from their standard variables (empty means unset).

@@ -67,7 +67,8 @@ async fn bucket_keys(app: &TestApp) -> Vec<String> {
 }
 
 async fn open(app: &TestApp) -> chatfiles::storage::ObjectStore {
-    chatfiles::startup::open_store(&app.config, &app.config.object_store)
+    app.config
+        .open_store(&app.config.object_store)
         .await
         .unwrap_or_else(|e| panic!("{e:#}"))
 }

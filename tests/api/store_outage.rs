@@ -440,7 +440,7 @@ async fn health(app: &TestApp) -> reqwest::Response {
 
 /// The S3 store the app uses, opened afresh (not through the service).
 async fn bucket(app: &TestApp) -> chatfiles::storage::S3Store {
-    match chatfiles::startup::open_store(&app.config, &app.config.object_store).await {
+    match app.config.open_store(&app.config.object_store).await {
         Ok(ObjectStore::S3(store)) => store,
         Ok(other) => panic!("not an S3 store: {}", other.describe()),
         Err(err) => panic!("{err:#}"),
