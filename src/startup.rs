@@ -84,6 +84,7 @@ pub struct Application {
 impl Application {
     /// Prepares everything and binds the listener; requests are accepted once it runs.
     pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        refuse_what_cannot_recover(config)?;
         // A moment's grace for a previous instance that is still letting go.
         let lock = StorageLock::acquire(&config.storage_dir, Duration::from_secs(2))
             .with_context(|| {
@@ -294,6 +295,35 @@ impl Application {
         drop(self.lock);
         result
     }
+}
+
+/// With the database replicated (Litestream), a node restored on a new machine must sign with
+/// the same secret, or every cookie and URL dies: a generated `secret.key` is not replicated.
+/// Local object storage is allowed but warned about: its bytes are not replicated either.
+fn refuse_what_cannot_recover(config: &Config) -> anyhow::Result<()> {
+    let Some(replica) = &config.replica_url else {
+        return Ok(());
+    };
+    let replica = match replica {
+        crate::config::StoreTarget::S3 { bucket, prefix } => format!("s3://{bucket}/{prefix}"),
+        crate::config::StoreTarget::Local => "local".to_owned(),
+    };
+    if config.secret.is_none() {
+        anyhow::bail!(
+            "CHATFILES_REPLICA_URL is set ({replica}) but CHATFILES_SECRET is not: a node restored \
+             from the replica would sign with a new secret and every cookie and URL would die; \
+             set CHATFILES_SECRET (make one with: openssl rand -hex 32) and keep it with the \
+             replica's credentials"
+        );
+    }
+    if config.object_store == crate::config::StoreTarget::Local {
+        tracing::warn!(
+            replica = %replica,
+            "the database is replicated but files' bytes stay on this machine's disk \
+             (--object-store local): a node restored elsewhere lists files it cannot serve"
+        );
+    }
+    Ok(())
 }
 
 /// Purges expired sessions and removes what an interrupted run left in the object store: the

@@ -12,7 +12,6 @@ use sha2::{Digest, Sha256};
 
 use super::database::FileRecord;
 use super::{DamagedFile, Entry, Problem, Report};
-use crate::storage::s3::PROBE_OBJECT;
 use crate::storage::{ObjectBody, S3Store, StoreError, is_valid_key};
 
 /// Compares the rows with the bucket's listing, hashing every listed object of the right size.
@@ -54,9 +53,11 @@ pub(super) async fn verify(
         }
     }
     let referenced: HashSet<&str> = rows.iter().map(|r| r.object_key.as_str()).collect();
+    // Only names the service could have written: anything else under the prefix (a database
+    // replica sharing the bucket, say) is not ours to report or remove.
     let mut orphans: Vec<&String> = listed
         .keys()
-        .filter(|name| name.as_str() != PROBE_OBJECT && !referenced.contains(name.as_str()))
+        .filter(|name| is_valid_key(name) && !referenced.contains(name.as_str()))
         .collect();
     orphans.sort();
     report.orphans = orphans

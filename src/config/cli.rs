@@ -245,8 +245,22 @@ pub struct ServerArgs {
         hide_env = true
     )]
     pub metrics_bind: Option<SocketAddr>,
+    /// Where Litestream replicates the database (deploy/entrypoint runs it): s3://BUCKET/PATH. chatfiles only makes sure such a setup can recover: it refuses to start without CHATFILES_SECRET [env: CHATFILES_REPLICA_URL] [default: none]
+    #[arg(long, value_name = "URL", env = "CHATFILES_REPLICA_URL", hide_env = true, value_parser = parse_replica_url)]
+    pub replica_url: Option<StoreTarget>,
     #[command(flatten)]
     pub store: StoreArgs,
+}
+
+/// `s3://BUCKET/PATH`: a bucket and a path, as Litestream's replica URLs name them.
+fn parse_replica_url(value: &str) -> Result<StoreTarget, String> {
+    match parse_object_store(value)? {
+        StoreTarget::S3 { prefix, .. } if prefix.is_empty() => {
+            Err("expected s3://BUCKET/PATH, with a path for the replica".into())
+        }
+        StoreTarget::Local => Err("expected s3://BUCKET/PATH".into()),
+        replica => Ok(replica),
+    }
 }
 
 /// Where the bytes live: the flags of `serve`, `check` and `migrate`. S3 credentials come from

@@ -125,6 +125,8 @@ pub struct Config {
     pub previous_secrets: Vec<SecretString>,
     /// Where files' bytes go.
     pub object_store: StoreTarget,
+    /// Where Litestream replicates the database, when it does (`CHATFILES_REPLICA_URL`).
+    pub replica_url: Option<StoreTarget>,
     pub s3: S3Options,
 }
 
@@ -153,6 +155,7 @@ impl Config {
             secret: None,
             previous_secrets: Vec::new(),
             object_store: StoreTarget::Local,
+            replica_url: None,
             s3: S3Options {
                 endpoint: None,
                 public_endpoint: None,
@@ -186,6 +189,7 @@ impl Config {
             keep_alive,
             cors_origins,
             metrics_bind,
+            replica_url,
             store,
         } = server;
         Self {
@@ -210,6 +214,7 @@ impl Config {
             secret: None,
             previous_secrets: Vec::new(),
             object_store: store.object_store,
+            replica_url,
             s3: S3Options {
                 endpoint: store.s3_endpoint,
                 public_endpoint: store.s3_public_endpoint,
