@@ -1,5 +1,6 @@
 //! The type a stored file is served with: the uploader's when it is a real media type, else a
-//! guess from its name; text that turns out to be UTF-8 says so.
+//! guess from its name; text that turns out to be UTF-8 says so. And how a download presents
+//! it: inline or as an attachment, under its name (the same for our route and a presigned URL).
 
 use mime::Mime;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};

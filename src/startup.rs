@@ -69,8 +69,7 @@ pub struct Application {
     metrics_server: Option<(Server, SocketAddr)>,
     addr: SocketAddr,
     db: Db,
-    store: ObjectStore,
-    /// For the background retries of failed object removals.
+    /// What the handlers share, for the background retries of failed object removals.
     state: web::Data<AppState>,
     clock: Arc<dyn Clock>,
     /// Held while the service runs: no second service, and no `check --repair`, on the same
@@ -169,7 +168,6 @@ impl Application {
             i64::try_from(config.session_ttl.as_secs()).unwrap_or(i64::MAX),
         );
 
-        let objects = state.store.clone();
         let state_for_retries = state.clone();
         let cors_origins = config.cors_origins.clone();
         let serve_metrics_here = config.metrics_bind.is_none();
@@ -237,7 +235,6 @@ impl Application {
             metrics_server,
             addr,
             db,
-            store: objects,
             state: state_for_retries,
             clock,
             lock,
@@ -247,7 +244,7 @@ impl Application {
 
     /// Where the objects are (`local (…)` or `s3://bucket/prefix/ at <endpoint>`).
     pub fn store_description(&self) -> String {
-        self.store.describe()
+        self.state.store.describe()
     }
 
     /// The address actually bound (useful with port 0).

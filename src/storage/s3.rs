@@ -31,6 +31,8 @@ const REQUEST_VALIDITY: Duration = Duration::from_secs(15 * 60);
 const MAX_PRESIGN_SECS: i64 = 7 * 24 * 3600;
 /// Smallest part S3 accepts (except the last); ours are at least this.
 const MIN_PART: usize = 8 * 1024 * 1024;
+/// A buffer grows as it likes up to this; past it, it is given a whole part's capacity.
+const SMALL_BUFFER: usize = 256 * 1024;
 /// Most parts in one multipart upload.
 const MAX_PARTS: u64 = 10_000;
 /// Name of the small object the health check and the start-up check write, under the prefix.
@@ -737,13 +739,29 @@ impl S3Writer {
     }
 
     /// Appends `data`; sends a part whenever a whole one is buffered.
-    pub async fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
+    ///
+    /// The buffer never holds more than one part: once it outgrows a small file it is given
+    /// exactly a part's capacity, so that it is not doubled past it, and each full part is
+    /// handed over whole (no leftover keeps the allocation alive).
+    pub async fn write(&mut self, mut data: &[u8]) -> Result<(), StoreError> {
         self.hasher.update(data);
         self.size += data.len() as u64;
-        self.buffer.extend_from_slice(data);
-        while self.buffer.len() >= self.store.inner.part_size {
-            let part = self.buffer.split_to(self.store.inner.part_size).freeze();
-            self.send_part(part).await?;
+        let part_size = self.store.inner.part_size;
+        while !data.is_empty() {
+            let take = (part_size - self.buffer.len()).min(data.len());
+            if self.buffer.len() + take > self.buffer.capacity()
+                && self.buffer.len() + take > SMALL_BUFFER
+            {
+                let mut whole = BytesMut::with_capacity(part_size);
+                whole.extend_from_slice(&self.buffer);
+                self.buffer = whole;
+            }
+            self.buffer.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.buffer.len() == part_size {
+                let part = std::mem::take(&mut self.buffer).freeze();
+                self.send_part(part).await?;
+            }
         }
         Ok(())
     }
