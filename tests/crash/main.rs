@@ -4,6 +4,9 @@
 mod disk_full;
 mod harness;
 mod kills;
+#[path = "../support/litestream.rs"]
+mod litestream;
+mod replication;
 #[path = "../support/seaweed.rs"]
 mod seaweed;
 #[path = "../support/tools.rs"]
