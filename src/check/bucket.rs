@@ -121,16 +121,7 @@ pub(super) fn settle(conn: &Connection, report: &mut Report) -> anyhow::Result<(
         }
     }
     report.orphans = orphans;
-    let mut still_there =
-        conn.prepare("SELECT 1 FROM chat_conversation_file WHERE id = ?1 AND object_key = ?2")?;
-    let mut damaged = Vec::with_capacity(report.damaged_files.len());
-    for file in std::mem::take(&mut report.damaged_files) {
-        if still_there.exists(rusqlite::params![file.id, file.object_key])? {
-            damaged.push(file);
-        }
-    }
-    report.damaged_files = damaged;
-    Ok(())
+    super::database::drop_deleted_damage(conn, report)
 }
 
 /// Removes the orphans and aborts the unfinished uploads found; failures are recorded.

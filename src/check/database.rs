@@ -93,6 +93,12 @@ pub(super) fn settle(
     report.orphans = orphans;
     report.temp.retain(exists);
 
+    drop_deleted_damage(conn, report)
+}
+
+/// Keeps only the damaged files whose rows are still there: a delete removes its row before its
+/// object, so a file caught in between was never damage.
+pub(super) fn drop_deleted_damage(conn: &Connection, report: &mut Report) -> anyhow::Result<()> {
     let mut still_there =
         conn.prepare("SELECT 1 FROM chat_conversation_file WHERE id = ?1 AND object_key = ?2")?;
     let mut damaged = Vec::with_capacity(report.damaged_files.len());

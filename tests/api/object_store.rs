@@ -73,6 +73,23 @@ async fn open(app: &TestApp) -> chatfiles::storage::ObjectStore {
         .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
+/// Stores `bytes` under `key` straight through the store, as an upload would, with no row.
+async fn put_object(store: &chatfiles::storage::ObjectStore, key: &str, bytes: &'static [u8]) {
+    let mut writer = store
+        .create(key, "text/plain")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    writer
+        .write(bytes::Bytes::from_static(bytes))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    writer.finish().await.unwrap_or_else(|e| panic!("{e}"));
+    writer
+        .commit("text/plain")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
 async fn get(url: &str) -> reqwest::Response {
     client()
         .get(url)
@@ -299,19 +316,7 @@ async fn what_an_interrupted_run_left_in_the_bucket_is_removed_at_the_next_start
     let store = open(&app).await;
     // An upload that died after its object was stored and before its row: its key pending.
     let key = chatfiles::storage::new_key();
-    let mut writer = store
-        .create(&key, "text/plain")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    writer
-        .write(bytes::Bytes::from_static(b"orphan"))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    writer.finish().await.unwrap_or_else(|e| panic!("{e}"));
-    writer
-        .commit("text/plain")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    put_object(&store, &key, b"orphan").await;
     // One that died mid-way through a multipart upload.
     let unfinished = chatfiles::storage::new_key();
     let mut big = store
@@ -400,19 +405,7 @@ async fn check_catches_an_object_deleted_behind_its_back_and_repair_clears_lefto
     s3.remove(&gone).await.unwrap_or_else(|e| panic!("{e}"));
     let store = chatfiles::storage::ObjectStore::S3(s3.clone());
     let stray = chatfiles::storage::new_key();
-    let mut writer = store
-        .create(&stray, "text/plain")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    writer
-        .write(bytes::Bytes::from_static(b"stray"))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    writer.finish().await.unwrap_or_else(|e| panic!("{e}"));
-    writer
-        .commit("text/plain")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    put_object(&store, &stray, b"stray").await;
     let mut open_upload = store
         .create(&chatfiles::storage::new_key(), "application/octet-stream")
         .await
