@@ -65,3 +65,27 @@ CREATE TABLE IF NOT EXISTS session (
 
 CREATE INDEX IF NOT EXISTS session_by_expiry ON session (expires_at);
 CREATE INDEX IF NOT EXISTS session_by_user ON session (neptun_user_id);
+
+-- Resumable (tus) uploads. An unfinished upload's bytes are in <storage>/uploads/<id>, of which
+-- `received` bytes are acknowledged (fsync'd); its full `length` counts against the quota from
+-- creation. Once complete it points at the file it became (`file_id`), and the row stays as the
+-- upload's record until `expires_at`, when every upload row goes.
+CREATE TABLE IF NOT EXISTS upload (
+    -- 128 random bits as lowercase hex: the unguessable id in the upload's URL.
+    id                   TEXT    PRIMARY KEY,
+    chat_conversation_id INTEGER NOT NULL REFERENCES chat_conversation (id) ON DELETE CASCADE,
+    -- The sanitised file name and the type the file will have (before any charset).
+    name                 TEXT    NOT NULL,
+    type                 TEXT    NOT NULL,
+    -- The Upload-Metadata header as the client sent it (HEAD repeats it); NULL without one.
+    metadata             TEXT,
+    length               INTEGER NOT NULL CHECK (length >= 0),
+    received             INTEGER NOT NULL DEFAULT 0 CHECK (received >= 0 AND received <= length),
+    file_id              INTEGER REFERENCES chat_conversation_file (id) ON DELETE CASCADE,
+    created_at           INTEGER NOT NULL,
+    expires_at           INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE INDEX IF NOT EXISTS upload_by_chat ON upload (chat_conversation_id);
+CREATE INDEX IF NOT EXISTS upload_by_expiry ON upload (expires_at);
+CREATE INDEX IF NOT EXISTS upload_by_file ON upload (file_id) WHERE file_id IS NOT NULL;

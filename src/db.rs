@@ -18,10 +18,12 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 use crate::clock::rfc3339;
 use crate::error::AppError;
 
+pub mod uploads;
+
 /// The whole schema; applied at every start.
 pub const SCHEMA: &str = include_str!("../schema.sql");
 /// Bumped, with a migration step in [`migrate`], whenever `schema.sql` changes shape.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// Steps from each older version to the next, applied before `schema.sql` (which then only
 /// adds what is missing). Index `i` takes version `i + 1` to `i + 2`.
@@ -32,6 +34,8 @@ const MIGRATIONS: &[&str] = &[
     // 2 → 3: accounts an operator disabled (`chatfiles user disable`).
     "ALTER TABLE neptun_user ADD COLUMN disabled_at INTEGER;",
     // 3 → 4: the pending-object journal, a new table that schema.sql creates.
+    "",
+    // 4 → 5: resumable uploads, a new table that schema.sql creates.
     "",
 ];
 
@@ -569,6 +573,14 @@ pub fn find_file(
         .optional()?)
 }
 
+/// A file by id, whoever owns it (the file an upload became).
+pub fn file_by_id(conn: &Connection, file_id: i64) -> Result<Option<FileRow>, AppError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {FILE_COLUMNS} FROM chat_conversation_file WHERE id = ?1"
+    ))?;
+    Ok(stmt.query_row([file_id], file_from_row).optional()?)
+}
+
 /// The file stored under an object key (the download path).
 pub fn find_object(conn: &Connection, object_key: &str) -> Result<Option<FileRow>, AppError> {
     let mut stmt = conn.prepare_cached(&format!(
@@ -577,12 +589,16 @@ pub fn find_object(conn: &Connection, object_key: &str) -> Result<Option<FileRow
     Ok(stmt.query_row([object_key], file_from_row).optional()?)
 }
 
-/// Bytes stored for a user, counted from the rows' sizes.
+/// Bytes stored for a user, counted from the rows' sizes, plus the full length of each of the
+/// user's unfinished resumable uploads (reserved from their creation).
 pub fn user_usage(conn: &Connection, user_id: i64) -> Result<u64, AppError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT COALESCE(SUM(f.size), 0) FROM chat_conversation_file f
-         JOIN chat_conversation c ON c.id = f.chat_conversation_id
-         WHERE c.neptun_user_id = ?1",
+        "SELECT (SELECT COALESCE(SUM(f.size), 0) FROM chat_conversation_file f
+                 JOIN chat_conversation c ON c.id = f.chat_conversation_id
+                 WHERE c.neptun_user_id = ?1)
+              + (SELECT COALESCE(SUM(u.length), 0) FROM upload u
+                 JOIN chat_conversation c ON c.id = u.chat_conversation_id
+                 WHERE c.neptun_user_id = ?1 AND u.file_id IS NULL)",
     )?;
     Ok(stmt.query_row([user_id], |r| r.get(0))?)
 }

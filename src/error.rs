@@ -21,6 +21,9 @@ pub enum AppError {
     MethodNotAllowed(&'static str),
     #[error("{0}")]
     Conflict(String),
+    /// A tus request without `Tus-Resumable: 1.0.0`.
+    #[error("Tus-Resumable must be 1.0.0, the only tus version this server speaks")]
+    TusVersion,
     #[error("{0}")]
     PayloadTooLarge(String),
     #[error("{0}")]
@@ -55,6 +58,9 @@ pub enum AppError {
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
+
+/// The tus versions a server speaks, named in a 412 (and in answers to OPTIONS).
+pub const TUS_VERSION: header::HeaderName = header::HeaderName::from_static("tus-version");
 
 /// The body of every error response of `/api/*` and `/files/*` (Neptun's error shape).
 #[derive(Serialize, utoipa::ToSchema)]
@@ -122,6 +128,7 @@ impl ResponseError for AppError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::TusVersion => StatusCode::PRECONDITION_FAILED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
@@ -183,6 +190,13 @@ impl ResponseError for AppError {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                response
+            }
+            Self::TusVersion => {
+                let mut response = error_response(status, &self.to_string());
+                response
+                    .headers_mut()
+                    .insert(TUS_VERSION, HeaderValue::from_static("1.0.0"));
                 response
             }
             Self::BodyTimeout => {

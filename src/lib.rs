@@ -24,6 +24,8 @@ pub mod metrics;
 pub mod middleware;
 /// `chatfiles migrate`: copying every file's bytes to another object store.
 pub mod migrate;
+/// Resumable (tus) uploads' part files and locks.
+pub mod resumable;
 /// The cross-process counter of sessions ended behind the service's back.
 pub mod revocations;
 /// HTTP handlers, one module per concern.

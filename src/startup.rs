@@ -25,6 +25,7 @@ use crate::metrics::{self, Metrics};
 use crate::middleware::{
     REQUEST_ID, envelope, json_error, not_found, only_matched_cors, query_error, refuse_cross_site,
 };
+use crate::resumable::{PartFiles, Resumable};
 use crate::revocations::{self, Revocations};
 use crate::routes;
 use crate::secrets::{KeyRing, load_key_ring};
@@ -38,22 +39,32 @@ use crate::throttle::LoginThrottle;
 const JSON_LIMIT: usize = 16 * 1024;
 /// How often expired sessions are purged.
 const SESSION_PURGE_EVERY: Duration = Duration::from_secs(600);
-/// How often object removals that failed are tried again.
-const REMOVAL_RETRY_EVERY: Duration = Duration::from_secs(5);
+/// How often object removals that failed are tried again, and expired or complete resumable
+/// uploads are seen to.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(5);
 
 /// CORS for the configured origins only: credentials allowed, preflights answered (and cached
 /// for 10 minutes); any other origin gets no CORS headers, and its preflights a 400.
+/// The tus routes add their methods and headers (`routes::tus`).
 fn cors(origins: &[String]) -> Cors {
     let mut cors = Cors::default()
-        .allowed_methods(["GET", "HEAD", "POST", "DELETE"])
-        .allowed_headers([header::CONTENT_TYPE, header::ACCEPT, REQUEST_ID])
-        .expose_headers([
-            REQUEST_ID,
-            header::RETRY_AFTER,
-            header::CONTENT_DISPOSITION,
-            header::CONTENT_RANGE,
-            header::ETAG,
-        ])
+        .allowed_methods(["GET", "HEAD", "POST", "PATCH", "DELETE", "OPTIONS"])
+        .allowed_headers(
+            [header::CONTENT_TYPE, header::ACCEPT, REQUEST_ID]
+                .into_iter()
+                .chain(routes::tus::REQUEST_HEADERS),
+        )
+        .expose_headers(
+            [
+                REQUEST_ID,
+                header::RETRY_AFTER,
+                header::CONTENT_DISPOSITION,
+                header::CONTENT_RANGE,
+                header::ETAG,
+            ]
+            .into_iter()
+            .chain(routes::tus::RESPONSE_HEADERS),
+        )
         .supports_credentials()
         .max_age(600);
     for origin in origins {
@@ -154,6 +165,15 @@ impl Application {
             sessions: sessions.clone(),
             login_throttle: LoginThrottle::default(),
             trusted_proxies: config.trusted_proxies.clone(),
+            uploads: Resumable::new(
+                PartFiles::open(&config.storage_dir).with_context(|| {
+                    format!(
+                        "cannot open the uploads directory in {}",
+                        config.storage_dir.display()
+                    )
+                })?,
+                config.upload_expiry,
+            ),
             uploads_in_flight: Arc::default(),
             removals_to_retry: parking_lot::Mutex::default(),
             hashers: Arc::new(Semaphore::new(workers.max(2))),
@@ -168,6 +188,9 @@ impl Application {
             i64::try_from(config.session_ttl.as_secs()).unwrap_or(i64::MAX),
         );
 
+        routes::tus::transfer::sweep(&state, true)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot sweep resumable uploads: {e}"))?;
         let state_for_retries = state.clone();
         let cors_origins = config.cors_origins.clone();
         let serve_metrics_here = config.metrics_bind.is_none();
@@ -207,6 +230,7 @@ impl Application {
                         .configure(routes::auth::configure)
                         .configure(routes::chats::configure)
                         .configure(routes::files::configure)
+                        .configure(routes::tus::configure)
                         .configure(routes::openapi::configure),
                 )
                 .configure(routes::downloads::configure)
@@ -220,6 +244,7 @@ impl Application {
                 .wrap(cors(&cors_origins))
                 .wrap(from_fn(only_matched_cors))
                 .wrap(from_fn(envelope))
+                .wrap(from_fn(routes::tus::mark_tus_responses))
         })
         .workers(workers)
         .client_request_timeout(config.request_timeout)
@@ -266,7 +291,7 @@ impl Application {
     /// up to 10 s to finish), purging expired sessions along the way.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let purger = tokio::spawn(purge_sessions(self.db, self.clock));
-        let retrier = tokio::spawn(retry_removals(self.state));
+        let retrier = tokio::spawn(housekeeping(self.state));
         let handle = self.server.handle();
         let signals = self.signals.map(|signals| {
             tokio::spawn(async move {
@@ -373,12 +398,15 @@ fn metrics_server(
     Ok((server, addr))
 }
 
-async fn retry_removals(state: web::Data<AppState>) {
-    let mut every = tokio::time::interval(REMOVAL_RETRY_EVERY);
+async fn housekeeping(state: web::Data<AppState>) {
+    let mut every = tokio::time::interval(HOUSEKEEPING_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
         state.retry_removals().await;
+        if let Err(err) = routes::tus::transfer::sweep(&state, false).await {
+            tracing::warn!(error = %err, "could not sweep resumable uploads");
+        }
     }
 }
 

@@ -15,6 +15,7 @@ use crate::clock::Clock;
 use crate::db::{self, Db};
 use crate::error::AppError;
 use crate::metrics::Metrics;
+use crate::resumable::Resumable;
 use crate::routes::upload::InFlight;
 use crate::session::SessionCache;
 use crate::signing::UrlSigner;
@@ -54,6 +55,8 @@ pub struct AppState {
     pub login_throttle: LoginThrottle,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// Resumable uploads' part files and locks.
+    pub uploads: Resumable,
     /// Upload bytes per user not yet stored, counted against the quota.
     pub uploads_in_flight: Arc<InFlight>,
     /// Objects whose rows are gone but whose removal failed (the store was down): retried in

@@ -16,7 +16,7 @@ use url::Url;
 use super::values::{
     StoreTarget, parse_object_store, parse_origin, parse_proxy, parse_public_url,
     parse_s3_endpoint, parse_session_ttl, parse_size, parse_size_or_zero, parse_timeout,
-    parse_url_ttl,
+    parse_upload_expiry, parse_url_ttl,
 };
 use super::{Config, LogFormat, PREVIOUS_SECRETS_ENV, SECRET_ENV, Signup};
 use crate::storage::Downloads;
@@ -194,6 +194,10 @@ pub struct ServerArgs {
     /// Largest accepted file, inclusive: 25MiB, 512KiB, 1GiB (powers of 1024), decimal MB/GB (powers of 1000), or plain bytes.
     #[arg(long, value_name = "SIZE", env = "CHATFILES_MAX_FILE_SIZE", hide_env_values = true, default_value = "25MiB", value_parser = parse_size)]
     pub max_file_size: u64,
+
+    /// How long a resumable (tus) upload may take from its creation, 1m to 30d; an unfinished one is then removed.
+    #[arg(long, value_name = "DURATION", env = "CHATFILES_UPLOAD_EXPIRY", hide_env_values = true, default_value = "24h", value_parser = parse_upload_expiry)]
+    pub upload_expiry: Duration,
 
     /// Whether sign-up is open or closed.
     #[arg(

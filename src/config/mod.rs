@@ -99,6 +99,8 @@ pub struct Config {
     pub session_ttl: Duration,
     /// Largest accepted file, inclusive.
     pub max_file_size: u64,
+    /// How long a resumable upload may take from its creation.
+    pub upload_expiry: Duration,
     pub signup: Signup,
     /// HTTP worker threads; the number of CPUs when `None`.
     pub workers: Option<u16>,
@@ -141,6 +143,7 @@ impl Config {
             url_ttl: Duration::from_secs(15 * 60),
             session_ttl: Duration::from_secs(7 * 24 * 3600),
             max_file_size: 25 * 1024 * 1024,
+            upload_expiry: Duration::from_secs(24 * 3600),
             signup: Signup::Open,
             workers: None,
             user_quota: 1 << 30,
@@ -179,6 +182,7 @@ impl Config {
             url_ttl,
             session_ttl,
             max_file_size,
+            upload_expiry,
             signup,
             workers,
             user_quota,
@@ -200,6 +204,7 @@ impl Config {
             url_ttl,
             session_ttl,
             max_file_size,
+            upload_expiry,
             signup,
             workers,
             user_quota,

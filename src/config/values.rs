@@ -19,6 +19,11 @@ const URL_TTL: DurationRange = DurationRange {
     max: Duration::from_secs(7 * 24 * 3600),
     examples: "90s, 15m or 7d",
 };
+const UPLOAD_EXPIRY: DurationRange = DurationRange {
+    min: Duration::from_secs(60),
+    max: Duration::from_secs(30 * 24 * 3600),
+    examples: "1h, 24h or 7d",
+};
 const SESSION_TTL: DurationRange = DurationRange {
     min: Duration::from_secs(1),
     max: Duration::from_secs(365 * 24 * 3600),
@@ -179,6 +184,10 @@ pub(super) fn parse_timeout(value: &str) -> Result<Duration, String> {
 
 pub(super) fn parse_url_ttl(value: &str) -> Result<Duration, String> {
     parse_duration_within(value, &URL_TTL)
+}
+
+pub(super) fn parse_upload_expiry(value: &str) -> Result<Duration, String> {
+    parse_duration_within(value, &UPLOAD_EXPIRY)
 }
 
 pub(super) fn parse_session_ttl(value: &str) -> Result<Duration, String> {
@@ -369,7 +378,7 @@ mod tests {
             parse_session_ttl("0s"),
             Err("expected a duration such as 12h, 7d or 30d, between 1s and 365d".to_owned())
         );
-        for range in [&URL_TTL, &SESSION_TTL, &TIMEOUT] {
+        for range in [&URL_TTL, &SESSION_TTL, &TIMEOUT, &UPLOAD_EXPIRY] {
             for example in range.examples.split([',', ' ']).filter(|w| w.len() > 2) {
                 assert!(
                     parse_duration_within(example, range).is_ok(),

@@ -6,6 +6,7 @@ pub mod downloads;
 pub mod files;
 pub mod health;
 pub mod openapi;
+pub mod tus;
 pub mod upload;
 
 use std::future::{Ready, ready};
@@ -38,11 +39,21 @@ fn owned_ids<const N: usize>(
     req: &HttpRequest,
     names: [(&str, &'static str); N],
 ) -> Result<[i64; N], AppError> {
+    owned_ids_then(req, names, |_| Ok(()))
+}
+
+/// [`owned_ids`], with more of the path checked (400) by `check` before the user is matched.
+fn owned_ids_then<const N: usize>(
+    req: &HttpRequest,
+    names: [(&str, &'static str); N],
+    check: impl FnOnce(&HttpRequest) -> Result<(), AppError>,
+) -> Result<[i64; N], AppError> {
     let user = AuthUser::extract(req).into_inner()?;
     let mut ids = [0i64; N];
     for (slot, (param, what)) in ids.iter_mut().zip(names) {
         *slot = parse_id(req.match_info().get(param).unwrap_or_default(), what)?;
     }
+    check(req)?;
     if ids.first() != Some(&user.id) {
         return Err(AppError::NotFound("User not found"));
     }
@@ -85,6 +96,55 @@ pub struct FilePath {
     /// The file
     #[param(minimum = 1)]
     pub file_id: i64,
+}
+
+/// `/api/users/{user_id}/chats/{chat_id}/uploads/{upload_id}` of the logged-in user (the chat
+/// and the upload themselves unchecked).
+#[derive(Debug, Clone, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct UploadPath {
+    /// The session's own user id
+    #[param(minimum = 1)]
+    pub user_id: i64,
+    /// The chat
+    #[param(minimum = 1)]
+    pub chat_id: i64,
+    /// The upload: 32 lowercase hex digits, from the `Location` of its creation
+    #[param(pattern = "^[0-9a-f]{32}$")]
+    pub upload_id: String,
+}
+
+impl UploadPath {
+    /// The chat part of the path.
+    pub fn chat(&self) -> ChatPath {
+        ChatPath {
+            user_id: self.user_id,
+            chat_id: self.chat_id,
+        }
+    }
+}
+
+impl FromRequest for UploadPath {
+    type Error = AppError;
+    type Future = Ready<Result<Self, AppError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let upload_id = req.match_info().get("upload_id").unwrap_or_default();
+        ready(
+            owned_ids_then(req, [("user_id", "user"), ("chat_id", "chat")], |_| {
+                if crate::storage::is_valid_key(upload_id) {
+                    Ok(())
+                } else {
+                    Err(AppError::BadRequest("Invalid upload id".into()))
+                }
+            })
+            .map(|[user_id, chat_id]| Self {
+                user_id,
+                chat_id,
+                upload_id: upload_id.to_owned(),
+            }),
+        )
+    }
 }
 
 impl FromRequest for UserPath {

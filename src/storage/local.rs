@@ -16,13 +16,16 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 use tokio_util::io::ReaderStream;
 
-use super::{ObjectBody, StoreError, is_valid_key, new_key};
+use super::{ObjectBody, StoreError, StoredFile, is_valid_key, new_key};
+use crate::media_type::{self, Utf8Stream};
 
 /// Bytes gathered before one trip to the blocking pool to write them.
 const WRITE_BATCH: usize = 256 * 1024;
 /// Reads up to this size are done in one go; larger ones are streamed.
 const SMALL_READ: u64 = 1024 * 1024;
 const STREAM_CHUNK: usize = 256 * 1024;
+/// Bytes read at a time when a file is hashed.
+const READ_CHUNK: usize = 1024 * 1024;
 /// The lock file [`StorageLock`] keeps in the storage directory.
 pub const LOCK_FILE: &str = "chatfiles.lock";
 
@@ -164,6 +167,58 @@ impl LocalStore {
         // The temp path no longer exists: nothing for Drop to clean up.
         temp.path = PathBuf::new();
         Ok(())
+    }
+
+    /// Stores the file at `path` as the object `key` by linking it into place, durably, after
+    /// reading it once for its hash and charset (see `ObjectStore::store_file`). A file on
+    /// another file system is copied instead.
+    pub fn link_file(&self, path: &Path, key: &str, mime: String) -> io::Result<StoredFile> {
+        use std::io::Read;
+        let target = self
+            .object_path(key)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "invalid object key"))?;
+        let mut file = File::open(path)?;
+        let mut hasher = Sha256::new();
+        let mut utf8 = media_type::wants_charset(&mime).then(Utf8Stream::default);
+        let mut size = 0u64;
+        let mut buf = vec![0u8; READ_CHUNK];
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            if let Some(utf8) = utf8.as_mut() {
+                utf8.update(&buf[..n]);
+            }
+            size += n as u64;
+        }
+        let shard = target.parent().unwrap_or(&self.objects).to_path_buf();
+        if !shard.exists() {
+            create_private_dir_all(&shard)?;
+            sync_dir(&self.objects)?;
+        }
+        match fs::hard_link(path, &target) {
+            Ok(()) => sync_dir(&shard)?,
+            Err(err) if err.kind() == io::ErrorKind::CrossesDevices => {
+                let mut temp = self.create_temp()?;
+                std::io::copy(
+                    &mut File::open(path)?,
+                    temp.file
+                        .as_mut()
+                        .ok_or_else(|| io::Error::other("a new temp object has no file"))?,
+                )?;
+                temp.size = size;
+                temp.finish()?;
+                self.commit(temp, key)?;
+            }
+            Err(err) => return Err(err),
+        }
+        Ok(StoredFile {
+            sha256: hex::encode(hasher.finalize()),
+            size,
+            mime: media_type::with_charset(mime, utf8.is_some_and(|u| u.is_utf8())),
+        })
     }
 
     /// Proves that the storage directory takes writes: a small temp file written, then removed.

@@ -11,12 +11,14 @@ pub mod s3;
 
 use std::collections::HashSet;
 use std::io;
+use std::path::Path;
 
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use rand::RngCore;
 
 use crate::error::AppError;
+use crate::media_type::{self, Utf8Stream};
 
 pub use local::{
     LOCK_FILE, LocalStore, StorageLock, SweepReport, create_private_dir_all, object_path_in,
@@ -98,6 +100,19 @@ impl ObjectBody {
     }
 }
 
+/// What [`ObjectStore::store_file`] stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredFile {
+    /// SHA-256 of the bytes, lowercase hex.
+    pub sha256: String,
+    pub size: u64,
+    /// The type stored, with the charset the bytes decided.
+    pub mime: String,
+}
+
+/// Bytes read from a file per write into an object being stored.
+const COPY_CHUNK: usize = 1024 * 1024;
+
 /// The object store in use.
 #[derive(Debug, Clone)]
 pub enum ObjectStore {
@@ -142,6 +157,61 @@ impl ObjectStore {
             Self::Local(local) => local.read(key, start, len, size).await,
             Self::S3(s3) => s3.read(key, start, len, size).await,
         }
+    }
+
+    /// The bytes of the local file at `path`, stored durably as the object `key`, typed `mime`
+    /// (with `; charset=utf-8` when the type wants a charset and the bytes are UTF-8). The file
+    /// stays where it is; on a local disk the object is a second link to the same bytes.
+    pub async fn store_file(
+        &self,
+        key: &str,
+        path: &Path,
+        mime: &str,
+    ) -> Result<StoredFile, StoreError> {
+        if let Self::Local(local) = self {
+            let (local, key, path, mime) = (
+                local.clone(),
+                key.to_owned(),
+                path.to_owned(),
+                mime.to_owned(),
+            );
+            return Ok(
+                tokio::task::spawn_blocking(move || local.link_file(&path, &key, mime)).await??,
+            );
+        }
+        let mut file = tokio::fs::File::open(path).await?;
+        let mut object = self.create(key, mime).await?;
+        let mut utf8 = media_type::wants_charset(mime).then(Utf8Stream::default);
+        let copied = async {
+            use tokio::io::AsyncReadExt;
+            loop {
+                let mut chunk = bytes::BytesMut::with_capacity(COPY_CHUNK);
+                while chunk.len() < COPY_CHUNK {
+                    if file.read_buf(&mut chunk).await? == 0 {
+                        break;
+                    }
+                }
+                if chunk.is_empty() {
+                    break;
+                }
+                if let Some(utf8) = utf8.as_mut() {
+                    utf8.update(&chunk);
+                }
+                object.write(chunk.freeze()).await?;
+            }
+            object.finish().await
+        }
+        .await;
+        let (sha256, size) = match copied {
+            Ok(done) => done,
+            Err(err) => {
+                object.discard().await;
+                return Err(err);
+            }
+        };
+        let mime = media_type::with_charset(mime.to_owned(), utf8.is_some_and(|u| u.is_utf8()));
+        object.commit(&mime).await?;
+        Ok(StoredFile { sha256, size, mime })
     }
 
     /// Removes an object's bytes; a missing object is not an error.
