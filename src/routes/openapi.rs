@@ -13,7 +13,7 @@ use utoipa::openapi::{Content, Ref, RefOr, Response, Schema};
 use utoipa::{Modify, OpenApi, ToResponse};
 
 use crate::error::AppError;
-use crate::routes::{auth, chats, downloads, files, health, method_not_allowed};
+use crate::routes::{auth, chats, downloads, files, health, method_not_allowed, tus};
 use crate::session::SESSION_COOKIE;
 
 /// The name of the cookie security scheme in the document (the handlers' `security(...)` spell
@@ -49,6 +49,12 @@ pub type ErrorResponse = crate::error::ErrorBody<'static>;
         files::upload_chat_files,
         files::get_chat_file,
         files::delete_chat_file,
+        tus::describe_uploads,
+        tus::create_upload,
+        tus::upload_offset,
+        tus::get_upload,
+        tus::append_to_upload,
+        tus::terminate_upload,
         downloads::download,
         health::health,
         crate::metrics::metrics,
@@ -70,6 +76,9 @@ pub type ErrorResponse = crate::error::ErrorBody<'static>;
         (name = "auth", description = "Sign-up, login, logout, password change and the session check"),
         (name = "chats", description = "A user's chats"),
         (name = "files", description = "A chat's files: Neptun's Chat Files endpoint, uploads, one file, deletes"),
+        (name = "uploads", description = "Resumable uploads (tus 1.0.0 with creation, \
+            creation-with-upload, termination and expiration): every request but OPTIONS and GET \
+            sends `Tus-Resumable: 1.0.0`, and every answer carries it"),
         (name = "downloads", description = "The bytes behind a signed URL (no cookie needed)"),
         (name = "operations", description = "Health, metrics and this document"),
     )
