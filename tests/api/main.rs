@@ -6,6 +6,7 @@ mod browser;
 mod caching;
 mod chats;
 mod check;
+mod chromium;
 mod downloads;
 mod file_modes;
 mod files;
@@ -28,3 +29,5 @@ mod store_outage;
 mod throttle;
 #[path = "../support/tools.rs"]
 mod tools;
+mod tus;
+mod tus_clients;

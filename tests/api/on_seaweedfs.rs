@@ -1,7 +1,8 @@
-//! The file, download and hostile suites once more, on a real SeaweedFS node, with direct and
-//! with proxied downloads. This test starts the node, then runs this very test executable again
-//! in a child process for each mode, filtered to those suites, with `CHATFILES_TEST_BACKEND`
-//! and the node's address and credentials in its environment (see `helpers::Backend`).
+//! The file, download, hostile, tus and tus-client suites once more, on a real SeaweedFS node,
+//! with direct and with proxied downloads. This test starts the node, then runs this very test
+//! executable again in a child process for each mode, filtered to those suites, with
+//! `CHATFILES_TEST_BACKEND` and the node's address and credentials in its environment (see
+//! `helpers::Backend`).
 
 use std::io::Write;
 use std::process::Stdio;
@@ -14,13 +15,18 @@ use crate::seaweed::{self, SeaweedNode};
 use crate::tools::require;
 
 /// The suites that run again, as libtest filters: module paths.
-const SUITES: [&str; 3] = ["files::", "downloads::", "hostile::"];
+const SUITES: [&str; 5] = [
+    "files::",
+    "downloads::",
+    "hostile::",
+    "tus::",
+    "tus_clients::",
+];
 /// Longest a child run may take (under a minute on 2 cores) before it is killed and fails.
 const CHILD_WITHIN: Duration = Duration::from_secs(600);
 
 #[tokio::test]
-async fn the_file_download_and_hostile_suites_pass_on_seaweedfs_with_direct_and_proxied_downloads()
-{
+async fn the_file_download_hostile_and_tus_suites_pass_on_seaweedfs_in_both_download_modes() {
     // Already on S3: a child run (whose filters leave this test out anyway) or a whole run
     // pointed at a store by hand. Nothing to run again.
     if !matches!(backend(), Backend::Local) {
