@@ -248,6 +248,13 @@ pub fn delete_upload(
     Ok(Some(key))
 }
 
+/// Whether some upload's time is up (read before writing, so that the periodic sweep writes
+/// nothing when there is nothing to do).
+pub fn any_expired_upload(conn: &Connection, now: i64) -> Result<bool, AppError> {
+    let mut stmt = conn.prepare_cached("SELECT 1 FROM upload WHERE expires_at <= ?1 LIMIT 1")?;
+    Ok(stmt.exists([now])?)
+}
+
 /// Deletes the rows of uploads whose time is up; returns their ids.
 pub fn delete_expired_uploads(conn: &Connection, now: i64) -> Result<Vec<String>, AppError> {
     let mut stmt = conn.prepare_cached("DELETE FROM upload WHERE expires_at <= ?1 RETURNING id")?;

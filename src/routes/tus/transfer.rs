@@ -43,10 +43,7 @@ pub async fn append(
         let _lock = lock;
         let mut body = body;
         let start = upload.received;
-        let mut writer = match open_at(&state, &upload.id, start).await {
-            Ok(writer) => writer,
-            Err(err) => return Err(err),
-        };
+        let mut writer = open_at(&state, &upload.id, start).await?;
         let mut batch = BytesMut::new();
         let end = loop {
             match body.next().await {
@@ -241,10 +238,18 @@ pub async fn remove_part(state: &AppState, id: &str) {
 /// whose part file is gone and puts back what a part file lost.
 pub async fn sweep(state: &web::Data<AppState>, at_start: bool) -> Result<(), AppError> {
     let now = state.clock.unix();
-    let expired = state
+    let expired = if state
         .db
-        .write(move |conn| uploads::delete_expired_uploads(conn, now))
-        .await?;
+        .run(move |conn| uploads::any_expired_upload(conn, now))
+        .await?
+    {
+        state
+            .db
+            .write(move |conn| uploads::delete_expired_uploads(conn, now))
+            .await?
+    } else {
+        Vec::new()
+    };
     for id in &expired {
         remove_part(state, id).await;
     }
