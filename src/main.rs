@@ -72,6 +72,7 @@ async fn serve_or_run() -> ExitCode {
         max_file_size = %format_size(config.max_file_size),
         url_ttl = %format_duration(config.url_ttl),
         session_ttl = %format_duration(config.session_ttl),
+        upload_expiry = %format_duration(config.upload_expiry),
         user_quota = %user_quota,
         memory_cache = %format_size(config.memory_cache),
         signup = %config.signup.as_str(),

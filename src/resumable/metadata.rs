@@ -21,10 +21,14 @@ pub struct FileMetadata {
 }
 
 /// Reads an `Upload-Metadata` header. Unknown keys are allowed (and ignored); values that are
-/// not UTF-8 are read lossily, as a multipart file name is.
+/// not UTF-8 are read lossily, as a multipart file name is. An empty header says nothing (tuspy
+/// sends one when given no metadata).
 pub fn parse(header: &str) -> Result<FileMetadata, String> {
     let mut seen: Vec<&str> = Vec::new();
     let mut found = FileMetadata::default();
+    if header.trim().is_empty() {
+        return Ok(found);
+    }
     for pair in header.split(',') {
         let pair = pair.trim_matches(|c| c == ' ' || c == '\t');
         let (key, value) = match pair.split_once(' ') {
@@ -114,8 +118,9 @@ mod tests {
 
     #[test]
     fn malformed_headers_are_refused() {
+        assert_eq!(parse(""), Ok(FileMetadata::default()));
+        assert_eq!(parse("  "), Ok(FileMetadata::default()));
         for bad in [
-            "",
             ",",
             "filename !!!",
             "filename YQ== YQ==",

@@ -376,6 +376,7 @@ async fn create_upload(
     }
     let raw_metadata = match headers.get(&UPLOAD_METADATA) {
         None => None,
+        Some(value) if value.as_bytes().iter().all(u8::is_ascii_whitespace) => None,
         Some(value) => Some(
             value
                 .to_str()
@@ -652,7 +653,8 @@ async fn append_to_upload(
 
 /// Terminate an upload
 ///
-/// tus termination: its bytes and its record go, and a finished upload's file too.
+/// tus termination: its bytes and its record go, and a finished upload's file too. A PATCH
+/// writing the upload is waited for (up to `--body-timeout`).
 #[utoipa::path(
     delete,
     path = "/api/users/{user_id}/chats/{chat_id}/uploads/{upload_id}",
@@ -666,6 +668,8 @@ async fn append_to_upload(
         (status = 403, description = "A cross-site request", body = ErrorResponse),
         (status = 404, description = "`User not found`, `Chat not found` or `Upload not found`",
             body = ErrorResponse),
+        (status = 409, description = "A PATCH kept the upload for longer than `--body-timeout`",
+            body = ErrorResponse),
         (status = 412, description = "`Tus-Resumable` missing or not `1.0.0`", body = ErrorResponse),
         (status = 503, response = Unavailable),
     )
@@ -677,6 +681,12 @@ async fn terminate_upload(
 ) -> Result<HttpResponse, AppError> {
     require_tus(&req)?;
     find(&state, &path).await?;
+    // A PATCH writing the upload ends first (its bytes then go too).
+    let _lock = state
+        .uploads
+        .lock(&path.upload_id, state.body_timeout)
+        .await
+        .ok_or_else(busy)?;
     let (user_id, chat_id, id) = (path.user_id, path.chat_id, path.upload_id.clone());
     let now = state.clock.unix();
     let deleted = AppState::delete_with_objects(&state, chat_id, move |conn| {
