@@ -11,3 +11,4 @@ mod replication;
 mod seaweed;
 #[path = "../support/tools.rs"]
 mod tools;
+mod tus;
