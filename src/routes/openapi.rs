@@ -50,6 +50,7 @@ pub type ErrorResponse = crate::error::ErrorBody<'static>;
         files::get_chat_file,
         files::delete_chat_file,
         tus::describe_uploads,
+        tus::describe_upload,
         tus::create_upload,
         tus::upload_offset,
         tus::get_upload,

@@ -300,6 +300,24 @@ async fn describe_uploads(
     Ok(capabilities(&state))
 }
 
+/// What the tus server speaks
+///
+/// The same answer as on `…/uploads`, for clients that ask an upload's URL; the upload itself
+/// is not looked up.
+#[utoipa::path(
+    options,
+    path = "/api/users/{user_id}/chats/{chat_id}/uploads/{upload_id}",
+    tag = "uploads",
+    params(UploadPath),
+    security(("neptun_session" = [])),
+    responses(
+        (status = 204, description = "`Tus-Version`, `Tus-Extension`, `Tus-Max-Size`"),
+        (status = 400, description = "A malformed user, chat or upload id", body = ErrorResponse),
+        (status = 401, response = Unauthorized),
+        (status = 404, description = "`User not found` or `Chat not found`", body = ErrorResponse),
+        (status = 503, response = Unavailable),
+    )
+)]
 async fn describe_upload(
     state: web::Data<AppState>,
     path: UploadPath,

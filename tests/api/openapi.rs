@@ -29,6 +29,28 @@ const ROUTES: &[(&str, &str)] = &[
         "delete",
         "/api/users/{user_id}/chats/{chat_id}/files/{file_id}",
     ),
+    ("options", "/api/users/{user_id}/chats/{chat_id}/uploads"),
+    ("post", "/api/users/{user_id}/chats/{chat_id}/uploads"),
+    (
+        "options",
+        "/api/users/{user_id}/chats/{chat_id}/uploads/{upload_id}",
+    ),
+    (
+        "head",
+        "/api/users/{user_id}/chats/{chat_id}/uploads/{upload_id}",
+    ),
+    (
+        "get",
+        "/api/users/{user_id}/chats/{chat_id}/uploads/{upload_id}",
+    ),
+    (
+        "patch",
+        "/api/users/{user_id}/chats/{chat_id}/uploads/{upload_id}",
+    ),
+    (
+        "delete",
+        "/api/users/{user_id}/chats/{chat_id}/uploads/{upload_id}",
+    ),
     ("get", "/files/{key}"),
     ("head", "/files/{key}"),
     ("get", "/health"),

@@ -466,8 +466,8 @@ async fn the_service_logs_its_limits_at_start_and_exits_0_on_sigterm() {
         .unwrap_or_else(|| panic!("no limits line in {seen:#?}"));
     assert!(
         limits.ends_with(
-            "chatfiles limits max_file_size=1000B url_ttl=15m session_ttl=30d user_quota=none \
-             memory_cache=1GiB signup=closed workers=2"
+            "chatfiles limits max_file_size=1000B url_ttl=15m session_ttl=30d upload_expiry=1d \
+             user_quota=none memory_cache=1GiB signup=closed workers=2"
         ),
         "{limits}"
     );
