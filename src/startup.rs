@@ -133,7 +133,7 @@ impl Application {
             })
             .ok();
         let sessions = Arc::new(SessionCache::new(revocations));
-        sweep(&db, &store, clock.unix()).await?;
+        let sweep_again = sweep(&db, &store, clock.unix()).await?;
         routes::auth::warm_up();
 
         let listener = TcpListener::bind(config.bind)
@@ -175,7 +175,7 @@ impl Application {
                 config.upload_expiry,
             ),
             uploads_in_flight: Arc::default(),
-            removals_to_retry: parking_lot::Mutex::default(),
+            removals_to_retry: parking_lot::Mutex::new(sweep_again.into_iter().collect()),
             hashers: Arc::new(Semaphore::new(workers.max(2))),
         });
         let store = SqliteSessionStore::new(db.clone(), clock.clone(), sessions);
@@ -350,7 +350,11 @@ fn refuse_what_cannot_recover(config: &Config) -> anyhow::Result<()> {
 
 /// Purges expired sessions and removes what an interrupted run left in the object store: the
 /// pending objects no row keeps (and, locally, temp files and strays).
-async fn sweep(db: &Db, store: &ObjectStore, now: i64) -> anyhow::Result<()> {
+///
+/// A request that the stopped process had sent to a bucket may still land after this (a
+/// multipart upload completing once its sender is gone): those keys stay in the journal and
+/// come back, to be removed once more by the first housekeeping pass, a few seconds later.
+async fn sweep(db: &Db, store: &ObjectStore, now: i64) -> anyhow::Result<Vec<String>> {
     let (referenced, pending) = db
         .run(|conn| Ok((db::all_object_keys(conn)?, db::pending_keys(conn)?)))
         .await
@@ -366,13 +370,18 @@ async fn sweep(db: &Db, store: &ObjectStore, now: i64) -> anyhow::Result<()> {
             "swept leftovers of an interrupted run"
         );
     }
+    let (settled, again) = match store {
+        ObjectStore::Local(_) => (pending, Vec::new()),
+        ObjectStore::S3(_) => (Vec::new(), pending),
+    };
     db.write(move |conn| {
-        db::clear_pending(conn, &pending)?;
+        db::clear_pending(conn, &settled)?;
         db::purge_expired_sessions(conn, now)
     })
     .await
     .map(|purged| tracing::debug!(purged, "purged expired sessions"))
-    .map_err(|e| anyhow::anyhow!("cannot write the database: {e}"))
+    .map_err(|e| anyhow::anyhow!("cannot write the database: {e}"))?;
+    Ok(again)
 }
 
 /// A one-worker server for `/metrics` alone, on its own (usually internal) address.
@@ -401,6 +410,8 @@ fn metrics_server(
 async fn housekeeping(state: web::Data<AppState>) {
     let mut every = tokio::time::interval(HOUSEKEEPING_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first pass comes one period after the start (see `sweep`), not at once.
+    every.tick().await;
     loop {
         every.tick().await;
         state.retry_removals().await;

@@ -39,17 +39,7 @@ impl Resumable {
             .await
             .ok();
         drop(mutex);
-        match guard {
-            Some(guard) => Some(UploadLock {
-                id: id.to_owned(),
-                locks: self.locks.clone(),
-                guard: Some(guard),
-            }),
-            None => {
-                self.locks.release(id);
-                None
-            }
-        }
+        self.held(id, guard)
     }
 
     /// Upload `id`'s lock if nobody holds it.
@@ -57,6 +47,11 @@ impl Resumable {
         let mutex = self.locks.entry(id);
         let guard = mutex.clone().try_lock_owned().ok();
         drop(mutex);
+        self.held(id, guard)
+    }
+
+    /// The lock, when `guard` was got; else the entry let go.
+    fn held(&self, id: &str, guard: Option<OwnedMutexGuard<()>>) -> Option<UploadLock> {
         match guard {
             Some(guard) => Some(UploadLock {
                 id: id.to_owned(),

@@ -297,6 +297,17 @@ impl Deployment {
             self.assert_storage_consistent();
             return;
         };
+        // A request the killed process had sent may land in the bucket after the restart's
+        // sweep; the service's first housekeeping pass (5 s after its start) removes it again.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let keys: BTreeSet<String> = self.rows().into_iter().map(|(k, _, _)| k).collect();
+            let stored: BTreeSet<String> = bucket.objects().await.into_keys().collect();
+            if stored == keys && self.pending().is_empty() && bucket.unfinished().await.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
         for area in ["objects", "tmp"] {
             let dir = self.storage.join(area);
             let entries: Vec<_> = std::fs::read_dir(&dir)
