@@ -634,44 +634,53 @@ pub fn insert_files(
             return Ok(Inserted::OverQuota);
         }
     }
-    let mut rows = Vec::with_capacity(files.len());
-    {
-        let mut stmt = tx.prepare_cached(
-            "INSERT INTO chat_conversation_file
-                 (chat_conversation_id, object_key, name, size, type, sha256, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )?;
-        // The row keeps the object from now on.
-        let mut clear = tx.prepare_cached(CLEAR_PENDING)?;
-        for file in files {
-            stmt.execute(params![
-                chat_id,
-                file.object_key,
-                file.name,
-                file.size,
-                file.mime,
-                file.sha256,
-                now
-            ])?;
-            clear.execute([&file.object_key])?;
-            rows.push(FileRow {
-                id: tx.last_insert_rowid(),
-                chat_id,
-                object_key: file.object_key.clone(),
-                name: file.name.clone(),
-                size: file.size,
-                mime: file.mime.clone(),
-                sha256: file.sha256.clone(),
-                created_at: now,
-            });
-        }
-    }
+    let rows = files
+        .iter()
+        .map(|file| insert_file(&tx, chat_id, file, now))
+        .collect::<Result<Vec<_>, _>>()?;
     tx.execute(
         "UPDATE chat_conversation SET updated_at = ?1 WHERE id = ?2",
         params![now, chat_id],
     )?;
     tx.commit()?;
     Ok(Inserted::Rows(rows))
+}
+
+/// Inserts one file row in a transaction the caller commits; its object key is no longer
+/// pending, since the row keeps the object from now on. The caller touches the chat.
+fn insert_file(
+    tx: &Connection,
+    chat_id: i64,
+    file: &NewFile,
+    now: i64,
+) -> Result<FileRow, AppError> {
+    tx.prepare_cached(
+        "INSERT INTO chat_conversation_file
+             (chat_conversation_id, object_key, name, size, type, sha256, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        chat_id,
+        file.object_key,
+        file.name,
+        file.size,
+        file.mime,
+        file.sha256,
+        now
+    ])?;
+    let id = tx.last_insert_rowid();
+    tx.prepare_cached(CLEAR_PENDING)?
+        .execute([&file.object_key])?;
+    Ok(FileRow {
+        id,
+        chat_id,
+        object_key: file.object_key.clone(),
+        name: file.name.clone(),
+        size: file.size,
+        mime: file.mime.clone(),
+        sha256: file.sha256.clone(),
+        created_at: now,
+    })
 }
 
 /// Deletes one file row and touches its chat; returns its object key (recorded as pending until

@@ -4,7 +4,7 @@
 
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
-use super::{CLEAR_PENDING, FileRow, NewFile, chat_exists, record_pending, user_usage};
+use super::{FileRow, NewFile, chat_exists, insert_file, record_pending, user_usage};
 use crate::error::AppError;
 
 /// An upload's row.
@@ -175,41 +175,17 @@ pub fn complete_upload(
     let Some(chat_id) = chat_id else {
         return Ok(None);
     };
-    tx.execute(
-        "INSERT INTO chat_conversation_file
-             (chat_conversation_id, object_key, name, size, type, sha256, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![
-            chat_id,
-            file.object_key,
-            file.name,
-            file.size,
-            file.mime,
-            file.sha256,
-            now
-        ],
-    )?;
-    let file_id = tx.last_insert_rowid();
-    tx.execute(CLEAR_PENDING, [&file.object_key])?;
+    let row = insert_file(&tx, chat_id, file, now)?;
     tx.execute(
         "UPDATE upload SET file_id = ?2 WHERE id = ?1",
-        params![id, file_id],
+        params![id, row.id],
     )?;
     tx.execute(
         "UPDATE chat_conversation SET updated_at = ?1 WHERE id = ?2",
         params![now, chat_id],
     )?;
     tx.commit()?;
-    Ok(Some(FileRow {
-        id: file_id,
-        chat_id,
-        object_key: file.object_key.clone(),
-        name: file.name.clone(),
-        size: file.size,
-        mime: file.mime.clone(),
-        sha256: file.sha256.clone(),
-        created_at: now,
-    }))
+    Ok(Some(row))
 }
 
 /// Terminates one of the user's uploads: its row goes and, when it had become a file, that file

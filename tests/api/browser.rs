@@ -4,7 +4,7 @@
 //! Files endpoint.
 
 use actix_web::dev::ServerHandle;
-use actix_web::{App, HttpResponse, HttpServer, web};
+use actix_web::web;
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde_json::{Value, json};
 
@@ -316,29 +316,11 @@ async fn a_same_site_post_from_an_allowed_origin_passes_the_cross_site_guard_and
 
 /// A second local origin serving the page: `(its origin, a handle to stop it)`.
 fn serve_page() -> (String, ServerHandle) {
-    let server = HttpServer::new(|| {
-        App::new().route(
-            "/",
-            web::get().to(|| async {
-                HttpResponse::Ok()
-                    .content_type("text/html; charset=utf-8")
-                    .body(PAGE)
-            }),
-        )
-    })
-    .workers(1)
-    .disable_signals()
-    .bind(("127.0.0.1", 0))
-    .unwrap_or_else(|e| panic!("cannot bind the page server: {e}"));
-    let addr = server
-        .addrs()
-        .first()
-        .copied()
-        .unwrap_or_else(|| panic!("the page server bound no address"));
-    let server = server.run();
-    let handle = server.handle();
-    tokio::spawn(server);
-    (format!("http://{addr}"), handle)
+    chromium::serve_origin(vec![(
+        "/",
+        "text/html; charset=utf-8",
+        web::Bytes::from_static(PAGE.as_bytes()),
+    )])
 }
 
 /// What the page rendered: its status, the 404 it was given, and `(name, href)` per file.

@@ -3,6 +3,10 @@
 //! reading back its DOM, and the helpers to pick that DOM apart.
 
 use std::path::{Path, PathBuf};
+
+use actix_web::dev::ServerHandle;
+use actix_web::web::Bytes;
+use actix_web::{App, HttpResponse, HttpServer, web};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -122,4 +126,36 @@ pub fn unescape(text: &str) -> String {
         .replace("&quot;", "\"")
         .replace("&nbsp;", "\u{a0}")
         .replace("&amp;", "&")
+}
+
+/// A second local origin for a page to come from, serving `files` (path, content type, bytes)
+/// and nothing else: `(its origin, a handle to stop it)`.
+pub fn serve_origin(files: Vec<(&'static str, &'static str, Bytes)>) -> (String, ServerHandle) {
+    let server = HttpServer::new(move || {
+        files
+            .iter()
+            .cloned()
+            .fold(App::new(), |app, (path, content_type, bytes)| {
+                app.route(
+                    path,
+                    web::get().to(move || {
+                        let bytes = bytes.clone();
+                        async move { HttpResponse::Ok().content_type(content_type).body(bytes) }
+                    }),
+                )
+            })
+    })
+    .workers(1)
+    .disable_signals()
+    .bind(("127.0.0.1", 0))
+    .unwrap_or_else(|e| panic!("cannot bind the page server: {e}"));
+    let addr = server
+        .addrs()
+        .first()
+        .copied()
+        .unwrap_or_else(|| panic!("the page server bound no address"));
+    let server = server.run();
+    let handle = server.handle();
+    tokio::spawn(server);
+    (format!("http://{addr}"), handle)
 }

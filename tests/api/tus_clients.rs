@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::ServerHandle;
-use actix_web::{App, HttpResponse, HttpServer, web};
+use actix_web::web;
 use parking_lot::Mutex;
 use rand::RngCore;
 use reqwest::StatusCode;
@@ -729,56 +729,23 @@ async fn tus_js_client_under_node_resumes_an_upload_cut_off_in_the_middle_of_a_p
 /// A second local origin serving the page, tus-js-client's browser bundle and the file to
 /// upload: `(its origin, a handle to stop it)`.
 fn serve_page(bundle: Vec<u8>, payload: Vec<u8>) -> (String, ServerHandle) {
-    let bundle = web::Bytes::from(bundle);
-    let payload = web::Bytes::from(payload);
-    let server = HttpServer::new(move || {
-        let bundle = bundle.clone();
-        let payload = payload.clone();
-        App::new()
-            .route(
-                "/",
-                web::get().to(|| async {
-                    HttpResponse::Ok()
-                        .content_type("text/html; charset=utf-8")
-                        .body(PAGE)
-                }),
-            )
-            .route(
-                "/tus.min.js",
-                web::get().to(move || {
-                    let bundle = bundle.clone();
-                    async move {
-                        HttpResponse::Ok()
-                            .content_type("text/javascript; charset=utf-8")
-                            .body(bundle)
-                    }
-                }),
-            )
-            .route(
-                "/payload.bin",
-                web::get().to(move || {
-                    let payload = payload.clone();
-                    async move {
-                        HttpResponse::Ok()
-                            .content_type("application/octet-stream")
-                            .body(payload)
-                    }
-                }),
-            )
-    })
-    .workers(1)
-    .disable_signals()
-    .bind(("127.0.0.1", 0))
-    .unwrap_or_else(|e| panic!("cannot bind the page server: {e}"));
-    let addr = server
-        .addrs()
-        .first()
-        .copied()
-        .unwrap_or_else(|| panic!("the page server bound no address"));
-    let server = server.run();
-    let handle = server.handle();
-    tokio::spawn(server);
-    (format!("http://{addr}"), handle)
+    chromium::serve_origin(vec![
+        (
+            "/",
+            "text/html; charset=utf-8",
+            web::Bytes::from_static(PAGE.as_bytes()),
+        ),
+        (
+            "/tus.min.js",
+            "text/javascript; charset=utf-8",
+            web::Bytes::from(bundle),
+        ),
+        (
+            "/payload.bin",
+            "application/octet-stream",
+            web::Bytes::from(payload),
+        ),
+    ])
 }
 
 /// The text of the page's `<tag id="id">`.
