@@ -59,19 +59,28 @@ impl Clock for ManualClock {
 }
 
 /// RFC 3339 in UTC to the second with a `Z`, as the contract writes every timestamp.
-///
-/// Written by hand rather than through a format string: a listing formats one per file.
 pub fn rfc3339(unix: i64) -> String {
+    let mut out = String::with_capacity(20);
+    push_rfc3339(&mut out, unix);
+    out
+}
+
+/// [`rfc3339`], appended to `out`. Written by hand rather than through a format string: a
+/// listing formats one per file.
+pub fn push_rfc3339(out: &mut String, unix: i64) {
     let at = DateTime::<Utc>::from_timestamp(unix, 0).unwrap_or_default();
     let year = at.year();
     if !(0..=9999).contains(&year) {
-        return at.format("%Y-%m-%dT%H:%M:%SZ").to_string();
+        // Outside four-digit years (never from our own clock) the general formatter takes over.
+        use std::fmt::Write;
+        let _ = write!(out, "{}", at.format("%Y-%m-%dT%H:%M:%SZ"));
+        return;
     }
-    let mut out = [0u8; 20];
+    let mut text = *b"0000-00-00T00:00:00Z";
     let mut put = |at: usize, value: u32, width: usize| {
         let mut value = value;
         for i in (0..width).rev() {
-            out[at + i] = b'0' + (value % 10) as u8;
+            text[at + i] = b'0' + (value % 10) as u8;
             value /= 10;
         }
     };
@@ -81,17 +90,8 @@ pub fn rfc3339(unix: i64) -> String {
     put(11, at.hour(), 2);
     put(14, at.minute(), 2);
     put(17, at.second(), 2);
-    for (index, separator) in [
-        (4, b'-'),
-        (7, b'-'),
-        (10, b'T'),
-        (13, b':'),
-        (16, b':'),
-        (19, b'Z'),
-    ] {
-        out[index] = separator;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    // Digits and the separators above: ASCII throughout.
+    out.push_str(std::str::from_utf8(&text).unwrap_or_default());
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior, params};
 use serde::Serialize;
-use tokio::sync::{Mutex, OwnedMutexGuard};
+use tokio::sync::{Mutex, OwnedMutexGuard, Semaphore};
 
 use crate::clock::rfc3339;
 use crate::error::AppError;
@@ -57,6 +57,11 @@ pub struct Db {
     /// SQLite has one writer at a time. Queueing writers here, in order, beats having them
     /// spin in SQLite's busy handler, and bounds the wait.
     writer: Arc<Mutex<()>>,
+    /// Reads wait for a connection here, in order of arrival, rather than on a blocking thread
+    /// inside the pool: no thread is parked for them, and under load each waits its turn (the
+    /// pool wakes waiters in no fixed order, which left some listings waiting many times longer
+    /// than the rest). One connection is left over for the writer.
+    readers: Arc<Semaphore>,
 }
 
 impl Db {
@@ -81,20 +86,30 @@ impl Db {
             .connection_timeout(Duration::from_secs(10))
             .build(manager)
             .context("cannot build the database pool")?;
+        let readers = usize::try_from(max_connections.saturating_sub(1).max(1)).unwrap_or(1);
         Ok(Self {
             pool,
             writer: Arc::new(Mutex::new(())),
+            readers: Arc::new(Semaphore::new(readers)),
         })
     }
 
-    /// Runs `f` with a pooled connection on the blocking thread pool.
+    /// Runs `f` with a pooled connection on the blocking thread pool, once one of the readers'
+    /// connections is free (first come, first served).
     pub async fn run<T, F>(&self, f: F) -> Result<T, AppError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, AppError> + Send + 'static,
     {
+        let turn = self
+            .readers
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| AppError::Unavailable)?;
         let pool = self.pool.clone();
         actix_web::web::block(move || {
+            let _turn = turn;
             let mut conn = pool.get()?;
             f(&mut conn)
         })
@@ -537,23 +552,70 @@ fn file_from_row(r: &Row<'_>) -> rusqlite::Result<FileRow> {
     })
 }
 
-/// A chat's files in upload order; `None` when the chat is not the user's.
-pub fn list_files(
-    conn: &Connection,
+/// A file row as SQLite holds it, borrowed for the length of one callback: the listing writes
+/// its answer straight from these, without a copy of each string.
+#[derive(Debug, Clone, Copy)]
+pub struct FileRef<'r> {
+    pub id: i64,
+    pub chat_id: i64,
+    pub object_key: &'r str,
+    pub name: &'r str,
+    pub size: u64,
+    pub mime: &'r str,
+    pub created_at: i64,
+}
+
+/// Reads a chat's files in upload order into what `start` makes of their count, handing them to
+/// `each` one at a time; `Ok(None)`, without a call, when the chat is not the user's. Both reads
+/// share one read transaction, so the listing is of the chat at one moment.
+pub fn each_file<L>(
+    conn: &mut Connection,
     user_id: i64,
     chat_id: i64,
-) -> Result<Option<Vec<FileRow>>, AppError> {
-    if !chat_exists(conn, user_id, chat_id)? {
+    start: impl FnOnce(usize) -> L,
+    mut each: impl FnMut(&mut L, FileRef<'_>),
+) -> Result<Option<L>, AppError> {
+    let tx = conn.transaction()?;
+    let count: Option<i64> = tx
+        .prepare_cached(
+            "SELECT (SELECT COUNT(*) FROM chat_conversation_file WHERE chat_conversation_id = ?1)
+             FROM chat_conversation WHERE id = ?1 AND neptun_user_id = ?2",
+        )?
+        .query_row(params![chat_id, user_id], |r| r.get(0))
+        .optional()?;
+    let Some(count) = count else {
         return Ok(None);
+    };
+    let mut listing = start(usize::try_from(count).unwrap_or(0));
+    {
+        let mut stmt = tx.prepare_cached(
+            "SELECT id, chat_conversation_id, object_key, name, size, type, created_at
+             FROM chat_conversation_file WHERE chat_conversation_id = ?1
+             ORDER BY created_at, id",
+        )?;
+        let mut rows = stmt.query([chat_id])?;
+        while let Some(r) = rows.next()? {
+            let file = FileRef {
+                id: r.get(0)?,
+                chat_id: r.get(1)?,
+                object_key: text(r, 2)?,
+                name: text(r, 3)?,
+                size: r.get(4)?,
+                mime: text(r, 5)?,
+                created_at: r.get(6)?,
+            };
+            each(&mut listing, file);
+        }
     }
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {FILE_COLUMNS} FROM chat_conversation_file WHERE chat_conversation_id = ?1
-         ORDER BY created_at, id"
-    ))?;
-    let files = stmt
-        .query_map([chat_id], file_from_row)?
-        .collect::<Result<_, _>>()?;
-    Ok(Some(files))
+    tx.finish()?;
+    Ok(Some(listing))
+}
+
+/// A text column, borrowed from the row.
+fn text<'r>(r: &'r Row<'_>, index: usize) -> rusqlite::Result<&'r str> {
+    r.get_ref(index)?.as_str().map_err(|err| {
+        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(err))
+    })
 }
 
 /// One file of one of the user's chats.

@@ -250,6 +250,9 @@ impl Application {
         .client_request_timeout(config.request_timeout)
         .client_disconnect_timeout(Duration::from_secs(1))
         .keep_alive(config.keep_alive)
+        // A response written in several writes (a large listing, a file) must not wait with
+        // its last segment for the client's delayed ACK (Nagle's algorithm: 40 ms on Linux).
+        .tcp_nodelay(true)
         .disable_signals()
         .shutdown_timeout(10)
         .listen(listener)?

@@ -29,6 +29,7 @@ pub use cli::{
 };
 pub use values::{StoreTarget, format_duration, format_size, parse_object_store, parse_size};
 
+use crate::storage::local::OPEN_FILES;
 use crate::storage::{
     Downloads, LocalStore, ObjectStore, S3Credentials, S3Settings, S3Store, StoreError,
 };
@@ -266,7 +267,13 @@ impl Config {
                     self.storage_dir.display()
                 )
             })?;
-            return Ok(ObjectStore::Local(local));
+            // Files kept open are part of what `--memory-cache 0` keeps none of.
+            let open_files = if self.memory_cache == 0 {
+                0
+            } else {
+                OPEN_FILES
+            };
+            return Ok(ObjectStore::Local(local.keep_open(open_files)));
         };
         let s3 = S3Store::new(&settings, self.max_file_size)?;
         match s3.probe().await {

@@ -17,6 +17,7 @@ use crate::db::{self, FileRow};
 use crate::error::AppError;
 use crate::media_type::content_disposition;
 use crate::metrics::Rejection;
+use crate::routes::body::Sliced;
 use crate::routes::method_not_allowed;
 use crate::routes::openapi::{ErrorResponse, Unavailable};
 use crate::signing::SignatureError;
@@ -290,7 +291,7 @@ async fn download(
         let whole = small_object(&state, &row, mark).await?;
         let range = usize::try_from(start).unwrap_or(0)..usize::try_from(start + len).unwrap_or(0);
         state.metrics.downloaded_bytes.inc_by(len);
-        return Ok(response.body(whole.slice(range)));
+        return Ok(response.body(Sliced::new(whole.slice(range))));
     }
     body(&state, response, &row, start, len).await
 }
@@ -344,7 +345,7 @@ async fn body(
         ObjectBody::Whole(bytes) => {
             // Handed to the connection in one write.
             sent.inc_by(len);
-            Ok(response.body(bytes))
+            Ok(response.body(Sliced::new(bytes)))
         }
         ObjectBody::Stream(stream) => {
             // Counted as the chunks go out, so that a client hanging up early counts less.

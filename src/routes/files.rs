@@ -10,6 +10,8 @@ use utoipa::ToSchema;
 use crate::cache::Listing;
 use crate::db;
 use crate::error::AppError;
+use crate::routes::body::Sliced;
+use crate::routes::listing::ListingWriter;
 use crate::routes::openapi::{
     ErrorResponse, InsufficientStorage, RequestTimeout, Unauthorized, Unavailable,
 };
@@ -91,24 +93,22 @@ async fn list_chat_files(
     }
     // Noted before the read, so that a listing read from before an upload or delete is not kept.
     let mark = listings.mark();
-    let rows = state
+    // Written on the blocking thread, straight from the rows (`routes::listing`).
+    let writer_state = state.clone();
+    let body = state
         .db
-        .run(move |conn| db::list_files(conn, path.user_id, path.chat_id))
+        .run(move |conn| {
+            let listing = db::each_file(
+                conn,
+                path.user_id,
+                path.chat_id,
+                |files| ListingWriter::new(&writer_state, expires, files),
+                ListingWriter::push,
+            )?;
+            Ok(listing.map(ListingWriter::finish))
+        })
         .await?
         .ok_or(AppError::NotFound("Chat not found"))?;
-    let files: Vec<_> = rows
-        .into_iter()
-        .map(|row| state.chat_file(row, expires, false))
-        .collect();
-    // Sized for the whole answer, so that it is written without a reallocation.
-    let mut body = Vec::with_capacity(
-        16 + files
-            .iter()
-            .map(|f| f.url.len() + f.name.len() + f.mime.len() + 128)
-            .sum::<usize>(),
-    );
-    serde_json::to_writer(&mut body, &GetChatFilesResponse { chat_files: files })
-        .map_err(|e| AppError::Internal(e.into()))?;
     let body = Bytes::from(body);
     let listing = Listing {
         user_id: path.user_id,
@@ -123,7 +123,7 @@ async fn list_chat_files(
 fn json_bytes(body: Bytes) -> HttpResponse {
     HttpResponse::Ok()
         .content_type(ContentType::json())
-        .body(body)
+        .body(Sliced::new(body))
 }
 
 /// Upload files to a chat

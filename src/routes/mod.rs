@@ -1,10 +1,12 @@
 //! HTTP routes, one module per concern, each with a `configure()`; and what they share.
 
 pub mod auth;
+pub mod body;
 pub mod chats;
 pub mod downloads;
 pub mod files;
 pub mod health;
+pub mod listing;
 pub mod openapi;
 pub mod tus;
 pub mod upload;

@@ -9,6 +9,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -17,6 +18,7 @@ use tokio::io::AsyncReadExt;
 use tokio_util::io::ReaderStream;
 
 use super::{ObjectBody, StoreError, StoredFile, is_valid_key, new_key};
+use crate::cache::Memo;
 use crate::media_type::{self, Utf8Stream};
 
 /// Bytes gathered before one trip to the blocking pool to write them.
@@ -60,12 +62,28 @@ impl StorageLock {
     }
 }
 
+/// How many objects' files the service keeps open between reads (see [`LocalStore::read`]).
+pub const OPEN_FILES: usize = 64;
+
 /// The objects in the storage directory.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LocalStore {
     root: PathBuf,
     objects: PathBuf,
     tmp: PathBuf,
+    /// Objects' files kept open, their sizes checked, for reads of part of a large object (a
+    /// `Range`): neither a path lookup nor a trip to the blocking pool when the bytes are in the
+    /// page cache. An object never changes once stored (a key is never reused), and a removal
+    /// forgets its file; empty unless [`LocalStore::keep_open`] says how many.
+    open_files: Arc<Memo<String, Arc<File>>>,
+}
+
+impl std::fmt::Debug for LocalStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalStore")
+            .field("root", &self.root)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Where the object `key` lives under the `objects` directory: `<objects>/<first 2 hex>/<key>`;
@@ -94,6 +112,7 @@ impl LocalStore {
             root: root.to_path_buf(),
             objects: root.join("objects"),
             tmp: root.join("tmp"),
+            open_files: Arc::new(Memo::counted(0)),
         };
         for dir in [&storage.root, &storage.objects, &storage.tmp] {
             create_private_dir_all(dir)?;
@@ -113,6 +132,13 @@ impl LocalStore {
             sync_dir(&storage.root)?;
         }
         Ok(storage)
+    }
+
+    /// Keeps up to `files` objects' files open between reads (the service's store; a command
+    /// that reads each object once keeps none).
+    pub fn keep_open(mut self, files: usize) -> Self {
+        self.open_files = Arc::new(Memo::counted(files));
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -241,11 +267,14 @@ impl LocalStore {
         let Some(path) = self.object_path(key) else {
             return Ok(());
         };
-        match fs::remove_file(&path) {
+        let removed = match fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(err) => Err(err),
-        }
+        };
+        // After the unlink: a read that opened the file before it then keeps nothing.
+        self.open_files.forget([key]);
+        removed
     }
 
     /// Empties the temp area and removes every object that no row refers to. Run at start,
@@ -295,6 +324,11 @@ impl LocalStore {
 impl LocalStore {
     /// `len` bytes from `start` of the object `key`, which should be `size` bytes: read at once
     /// when few, else streamed from the open file.
+    ///
+    /// A read at once from a file kept open is tried first right here, without waiting for the
+    /// disk (`RWF_NOWAIT`: the kernel answers from the page cache or not at all), so that a hot
+    /// range costs one system call on the async worker; otherwise the file is opened (and kept)
+    /// and read on the blocking pool.
     pub async fn read(
         &self,
         key: &str,
@@ -303,29 +337,29 @@ impl LocalStore {
         size: u64,
     ) -> Result<ObjectBody, StoreError> {
         let path = self.object_path(key).ok_or(StoreError::NotFound)?;
+        if len <= SMALL_READ {
+            if let Some(bytes) = self
+                .open_files
+                .get(key)
+                .and_then(|file| read_cached(&file, start, len))
+            {
+                return Ok(ObjectBody::Whole(bytes));
+            }
+            let store = self.clone();
+            let key = key.to_owned();
+            return tokio::task::spawn_blocking(move || {
+                use std::os::unix::fs::FileExt;
+                let file = store.open_kept(&key, &path, size)?;
+                let mut buf = vec![0; usize::try_from(len).unwrap_or(0)];
+                file.read_exact_at(&mut buf, start)?;
+                Ok(ObjectBody::Whole(Bytes::from(buf)))
+            })
+            .await?;
+        }
         let opened = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
-            use std::io::{Read, Seek, SeekFrom};
-            let mut file = match File::open(&path) {
-                Ok(file) => file,
-                // Deleted between the lookup and now.
-                Err(err) if err.kind() == io::ErrorKind::NotFound => {
-                    return Err(StoreError::NotFound);
-                }
-                Err(err) => return Err(err.into()),
-            };
-            let actual = file.metadata()?.len();
-            if actual != size {
-                return Err(StoreError::Other(anyhow::anyhow!(
-                    "object {} is {actual} bytes on disk, {size} in the database",
-                    path.display()
-                )));
-            }
+            use std::io::{Seek, SeekFrom};
+            let mut file = open_sized(&path, size)?;
             file.seek(SeekFrom::Start(start))?;
-            if len <= SMALL_READ {
-                let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-                (&mut file).take(len).read_to_end(&mut buf)?;
-                return Ok(ObjectBody::Whole(Bytes::from(buf)));
-            }
             Ok(ObjectBody::Stream(
                 ReaderStream::with_capacity(
                     tokio::fs::File::from_std(file).take(len),
@@ -336,6 +370,51 @@ impl LocalStore {
         });
         opened.await?
     }
+
+    /// The object's file, from those kept open or opened (and kept); blocking.
+    fn open_kept(&self, key: &str, path: &Path, size: u64) -> Result<Arc<File>, StoreError> {
+        if let Some(file) = self.open_files.get(key) {
+            return Ok(file);
+        }
+        // Noted before the open: a removal meanwhile keeps the file from being kept.
+        let mark = self.open_files.mark();
+        let file = Arc::new(open_sized(path, size)?);
+        self.open_files.insert(key.to_owned(), file.clone(), mark);
+        Ok(file)
+    }
+}
+
+/// Opens an object's file, which the database says is `size` bytes; blocking.
+fn open_sized(path: &Path, size: u64) -> Result<File, StoreError> {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        // Deleted between the lookup and now.
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound),
+        Err(err) => return Err(err.into()),
+    };
+    let actual = file.metadata()?.len();
+    if actual != size {
+        return Err(StoreError::Other(anyhow::anyhow!(
+            "object {} is {actual} bytes on disk, {size} in the database",
+            path.display()
+        )));
+    }
+    Ok(file)
+}
+
+/// `len` bytes from `start` of `file` if the page cache holds them all; never waits for the
+/// disk, so it may run on an async worker.
+fn read_cached(file: &File, start: u64, len: u64) -> Option<Bytes> {
+    use rustix::io::{ReadWriteFlags, preadv2};
+    let mut buf = vec![0; usize::try_from(len).ok()?];
+    let read = preadv2(
+        file,
+        &mut [io::IoSliceMut::new(&mut buf)],
+        start,
+        ReadWriteFlags::NOWAIT,
+    )
+    .ok()?;
+    (read == buf.len()).then(|| Bytes::from(buf))
 }
 
 /// A local object being written: bytes batched, then written to its temp file on the blocking
