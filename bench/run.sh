@@ -653,30 +653,29 @@ tus_upload() {
     echo "${conns:-0}" >>"$WORK/tus-connections"
     echo "$status $secs"
 }
-# upload_rounds name pid base path cookie: one warm-up upload of 4 KiB, then ROUNDS 100 MiB
-# uploads, each with the process's RSS before and its peak (VmHWM, reset before) during; one
-# "seconds rss_before peak growth" line (KiB) per upload in $WORK/res/<name>. UPLOAD_CLIENT:
-# the client (default: upload) and UPLOAD_OK the status it gives on success (default: 201).
-upload_rounds() {
-    local name=$1 pid=$2 base=$3 path=$4 cookie_value=$5 i status secs before peak
-    local client=${UPLOAD_CLIENT:-upload} ok=${UPLOAD_OK:-201}
-    read -r status _ <<<"$("$client" "$WORK/blob-4k.bin" "$base" "$path" "$cookie_value")"
+# warm_up client ok base path cookie: one 4 KiB upload through `client`, which must answer `ok`.
+warm_up() {
+    local client=$1 ok=$2 status
+    read -r status _ <<<"$("$client" "$WORK/blob-4k.bin" "$3" "$4" "$5")"
     [ "$status" = "$ok" ] || die "warm-up upload ($client) answered $status: $(head -c 300 "$WORK/upload.json")"
-    : >"$WORK/res/$name"
-    for i in $(seq "$ROUNDS"); do
-        before=$(status_kib VmRSS "$pid")
-        reset_hwm "$pid"
-        read -r status secs <<<"$("$client" "$WORK/blob-100m.bin" "$base" "$path" "$cookie_value")"
-        peak=$(status_kib VmHWM "$pid")
-        alive_or_die "$pid"
-        [ "$status" = "$ok" ] || die "upload ($client) answered $status: $(head -c 300 "$WORK/upload.json")"
-        [ "$(stored_size "$WORK/upload.json")" = 104857600 ] ||
-            die "the upload stored another size: $(head -c 300 "$WORK/upload.json")"
-        echo "$secs $before $peak $((peak - before))" >>"$WORK/res/$name"
-        printf -- '- `%s` %d: %.2f s, RSS %s MiB before, peak %s MiB during\n' \
-            "$name" "$i" "$secs" "$(mib "$before")" "$(mib "$peak")" >>"$raw_log"
-        log "$name $i: $secs s, RSS $(mib "$before") -> peak $(mib "$peak") MiB"
-    done
+}
+# upload_once name client ok pid base path cookie round: one 100 MiB upload through `client`
+# (which must answer `ok`), with the process's RSS before and its peak (VmHWM, reset before)
+# during; appends "seconds rss_before peak growth" (KiB) to $WORK/res/<name>.
+upload_once() {
+    local name=$1 client=$2 ok=$3 pid=$4 base=$5 path=$6 cookie_value=$7 i=$8 status secs before peak
+    before=$(status_kib VmRSS "$pid")
+    reset_hwm "$pid"
+    read -r status secs <<<"$("$client" "$WORK/blob-100m.bin" "$base" "$path" "$cookie_value")"
+    peak=$(status_kib VmHWM "$pid")
+    alive_or_die "$pid"
+    [ "$status" = "$ok" ] || die "upload ($client) answered $status: $(head -c 300 "$WORK/upload.json")"
+    [ "$(stored_size "$WORK/upload.json")" = 104857600 ] ||
+        die "the upload stored another size: $(head -c 300 "$WORK/upload.json")"
+    echo "$secs $before $peak $((peak - before))" >>"$WORK/res/$name"
+    printf -- '- `%s` %d: %.2f s, RSS %s MiB before, peak %s MiB during\n' \
+        "$name" "$i" "$secs" "$(mib "$before")" "$(mib "$peak")" >>"$raw_log"
+    log "$name $i: $secs s, RSS $(mib "$before") -> peak $(mib "$peak") MiB"
 }
 # The stored file of an upload's answer: a multipart upload's first, or the tus upload's.
 stored_file_field() { # json field
@@ -689,19 +688,25 @@ upload_secs() { awk -v v="$(median_col "$1" 1)" 'BEGIN { printf "%.2f", v }'; }
 upload_growth_kib() { awk '{ print $4 }' "$WORK/res/$1" | sort -n | tail -n 1; }
 upload_peak_kib() { awk '{ print $3 }' "$WORK/res/$1" | sort -n | tail -n 1; }
 
-log "100 MiB uploads ($ROUNDS), after a restart"
+# Multipart and tus alternate, upload by upload, on one freshly started process (into the same
+# chat), so that both meet the disk in the same state: the resumable path's cost (each PATCH
+# durable before its 204, the file made by the last one) against the multipart upload's single
+# stream. The last tus upload's bytes are read back through its signed URL.
+log "100 MiB uploads ($ROUNDS), multipart and tus in $((TUS_CHUNK / 1048576)) MiB PATCHes alternating, after a restart"
 stop_pid "$CF_PID"
 start_chatfiles
-upload_rounds upload "$CF_PID" "$CF" "$BENCH_UPLOAD_PATH" "$BENCH_COOKIE"
+TUS_PATH=${BENCH_UPLOAD_PATH%/files}/uploads
+warm_up upload 201 "$CF" "$BENCH_UPLOAD_PATH" "$BENCH_COOKIE"
+warm_up tus_upload 200 "$CF" "$TUS_PATH" "$BENCH_COOKIE"
+: >"$WORK/res/upload"
+: >"$WORK/res/upload-tus"
+for i in $(seq "$ROUNDS"); do
+    upload_once upload upload 201 "$CF_PID" "$CF" "$BENCH_UPLOAD_PATH" "$BENCH_COOKIE" "$i"
+    upload_once upload-tus tus_upload 200 "$CF_PID" "$CF" "$TUS_PATH" "$BENCH_COOKIE" "$i"
+done
 upload_secs=$(upload_secs upload)
 upload_growth_kib=$(upload_growth_kib upload)
 upload_peak_kib=$(upload_peak_kib upload)
-# The same file over tus into the same chat, on the same process: the resumable path's cost
-# (each PATCH durable before its 204, the file made by the last one) against the multipart
-# upload's single stream. The last upload's bytes are read back through its signed URL.
-log "100 MiB tus uploads in $((TUS_CHUNK / 1048576)) MiB PATCHes ($ROUNDS), same process"
-UPLOAD_CLIENT=tus_upload UPLOAD_OK=200 upload_rounds upload-tus "$CF_PID" "$CF" \
-    "${BENCH_UPLOAD_PATH%/files}/uploads" "$BENCH_COOKIE"
 tus_back=$(stored_file_field "$WORK/upload.json" url)
 [ "$(curl -s "$tus_back" | sha256sum)" = "$(sha256sum <"$WORK/blob-100m.bin")" ] ||
     die "the 100 MiB file uploaded over tus reads back different bytes"
@@ -719,7 +724,11 @@ if [ -z "$s3_skip" ]; then
     log "100 MiB uploads into SeaweedFS ($ROUNDS), after a restart"
     stop_pid "$S3_PID"
     start_s3_chatfiles
-    upload_rounds upload-s3 "$S3_PID" "$S3CF" "$S3_UPLOAD_PATH" "$S3_COOKIE"
+    warm_up upload 201 "$S3CF" "$S3_UPLOAD_PATH" "$S3_COOKIE"
+    : >"$WORK/res/upload-s3"
+    for i in $(seq "$ROUNDS"); do
+        upload_once upload-s3 upload 201 "$S3_PID" "$S3CF" "$S3_UPLOAD_PATH" "$S3_COOKIE" "$i"
+    done
     s3_back=$(stored_file_field "$WORK/upload.json" url)
     [ "$(curl -s "$s3_back" | sha256sum)" = "$(sha256sum <"$WORK/blob-100m.bin")" ] ||
         die "the 100 MiB file read back from SeaweedFS differs"

@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 use tokio_util::io::ReaderStream;
 
-use super::{ObjectBody, StoreError, StoredFile, is_valid_key, new_key};
+use super::{KnownBytes, ObjectBody, StoreError, StoredFile, is_valid_key, new_key};
 use crate::cache::Memo;
 use crate::media_type::{self, Utf8Stream};
 
@@ -196,29 +196,24 @@ impl LocalStore {
     }
 
     /// Stores the file at `path` as the object `key` by linking it into place, durably, after
-    /// reading it once for its hash and charset (see `ObjectStore::store_file`). A file on
-    /// another file system is copied instead.
-    pub fn link_file(&self, path: &Path, key: &str, mime: String) -> io::Result<StoredFile> {
-        use std::io::Read;
+    /// reading it once for its hash and charset (see `ObjectStore::store_file`), unless `known`
+    /// already tells them for its size. A file on another file system is copied instead.
+    pub fn link_file(
+        &self,
+        path: &Path,
+        key: &str,
+        mime: String,
+        known: Option<KnownBytes>,
+    ) -> io::Result<StoredFile> {
         let target = self
             .object_path(key)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "invalid object key"))?;
-        let mut file = File::open(path)?;
-        let mut hasher = Sha256::new();
-        let mut utf8 = media_type::wants_charset(&mime).then(Utf8Stream::default);
-        let mut size = 0u64;
-        let mut buf = vec![0u8; READ_CHUNK];
-        loop {
-            let n = file.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            if let Some(utf8) = utf8.as_mut() {
-                utf8.update(&buf[..n]);
-            }
-            size += n as u64;
-        }
+        let size = fs::metadata(path)?.len();
+        let known = match known {
+            Some(known) if known.size == size => known,
+            _ => hash_file(path)?,
+        };
+        let size = known.size;
         let shard = target.parent().unwrap_or(&self.objects).to_path_buf();
         if !shard.exists() {
             create_private_dir_all(&shard)?;
@@ -240,10 +235,11 @@ impl LocalStore {
             }
             Err(err) => return Err(err),
         }
+        let utf8 = known.utf8 && media_type::wants_charset(&mime);
         Ok(StoredFile {
-            sha256: hex::encode(hasher.finalize()),
+            sha256: known.sha256,
             size,
-            mime: media_type::with_charset(mime, utf8.is_some_and(|u| u.is_utf8())),
+            mime: media_type::with_charset(mime, utf8),
         })
     }
 
@@ -382,6 +378,30 @@ impl LocalStore {
         self.open_files.insert(key.to_owned(), file.clone(), mark);
         Ok(file)
     }
+}
+
+/// Reads a file whole for what [`KnownBytes`] says of it.
+fn hash_file(path: &Path) -> io::Result<KnownBytes> {
+    use std::io::Read;
+    let mut file = File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut utf8 = Utf8Stream::default();
+    let mut size = 0u64;
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        utf8.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok(KnownBytes {
+        size,
+        sha256: hex::encode(hasher.finalize()),
+        utf8: utf8.is_utf8(),
+    })
 }
 
 /// Opens an object's file, which the database says is `size` bytes; blocking.

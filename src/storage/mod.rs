@@ -110,6 +110,15 @@ pub struct StoredFile {
     pub mime: String,
 }
 
+/// What a file's bytes were found to be as they were written (see [`ObjectStore::store_file`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownBytes {
+    pub size: u64,
+    /// SHA-256, lowercase hex.
+    pub sha256: String,
+    pub utf8: bool,
+}
+
 /// Bytes read from a file per write into an object being stored.
 const COPY_CHUNK: usize = 1024 * 1024;
 
@@ -161,12 +170,15 @@ impl ObjectStore {
 
     /// The bytes of the local file at `path`, stored durably as the object `key`, typed `mime`
     /// (with `; charset=utf-8` when the type wants a charset and the bytes are UTF-8). The file
-    /// stays where it is; on a local disk the object is a second link to the same bytes.
+    /// stays where it is; on a local disk the object is a second link to the same bytes, and
+    /// the file is not read at all when `known` says what its bytes are (an S3 upload reads
+    /// them anyway, and hashes them as they go).
     pub async fn store_file(
         &self,
         key: &str,
         path: &Path,
         mime: &str,
+        known: Option<KnownBytes>,
     ) -> Result<StoredFile, StoreError> {
         if let Self::Local(local) = self {
             let (local, key, path, mime) = (
@@ -175,9 +187,10 @@ impl ObjectStore {
                 path.to_owned(),
                 mime.to_owned(),
             );
-            return Ok(
-                tokio::task::spawn_blocking(move || local.link_file(&path, &key, mime)).await??,
-            );
+            return Ok(tokio::task::spawn_blocking(move || {
+                local.link_file(&path, &key, mime, known)
+            })
+            .await??);
         }
         let mut file = tokio::fs::File::open(path).await?;
         let mut object = self.create(key, mime).await?;

@@ -10,6 +10,7 @@ use futures_util::StreamExt;
 use crate::db::uploads::{self, UploadRow};
 use crate::db::{self, FileRow, NewFile};
 use crate::error::AppError;
+use crate::resumable::parts::PartDigest;
 use crate::resumable::{PartWriter, UploadLock};
 use crate::state::{AppState, to_completion};
 use crate::storage;
@@ -154,7 +155,17 @@ pub async fn finish(state: &AppState, upload: &UploadRow) -> Result<FileRow, App
         .parts
         .path(&upload.id)
         .ok_or_else(|| AppError::Internal(anyhow::anyhow!("an upload id is not a key")))?;
-    let stored = match state.store.store_file(&key, &path, &upload.mime).await {
+    // What the PATCHes that wrote the bytes found them to be, when this process saw them all.
+    let known = state
+        .uploads
+        .parts
+        .take_digest(&upload.id, upload.length)
+        .map(PartDigest::finish);
+    let stored = match state
+        .store
+        .store_file(&key, &path, &upload.mime, known)
+        .await
+    {
         Ok(stored) if stored.size == upload.length => stored,
         Ok(stored) => {
             state.remove_objects(vec![key]).await;
