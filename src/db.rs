@@ -589,7 +589,7 @@ pub fn each_file<L>(
     let mut listing = start(usize::try_from(count).unwrap_or(0));
     {
         let mut stmt = tx.prepare_cached(
-            "SELECT id, chat_conversation_id, object_key, name, size, type, created_at
+            "SELECT id, object_key, name, size, type, created_at
              FROM chat_conversation_file WHERE chat_conversation_id = ?1
              ORDER BY created_at, id",
         )?;
@@ -597,12 +597,12 @@ pub fn each_file<L>(
         while let Some(r) = rows.next()? {
             let file = FileRef {
                 id: r.get(0)?,
-                chat_id: r.get(1)?,
-                object_key: text(r, 2)?,
-                name: text(r, 3)?,
-                size: r.get(4)?,
-                mime: text(r, 5)?,
-                created_at: r.get(6)?,
+                chat_id,
+                object_key: text(r, 1)?,
+                name: text(r, 2)?,
+                size: r.get(3)?,
+                mime: text(r, 4)?,
+                created_at: r.get(5)?,
             };
             each(&mut listing, file);
         }

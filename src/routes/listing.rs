@@ -21,6 +21,8 @@ pub struct ListingWriter<'s> {
     url_prefix: String,
     out: String,
     files: usize,
+    /// The last `created_at` written, and its text: the files of one upload share it.
+    created: (i64, String),
 }
 
 impl<'s> ListingWriter<'s> {
@@ -40,6 +42,7 @@ impl<'s> ListingWriter<'s> {
             url_prefix,
             out,
             files: 0,
+            created: (0, String::new()),
         }
     }
 
@@ -54,9 +57,15 @@ impl<'s> ListingWriter<'s> {
             expires,
             url_prefix,
             out,
+            created,
             ..
         } = self;
-        push_file(out, &file, |out| {
+        if created.1.is_empty() || created.0 != file.created_at {
+            created.1.clear();
+            push_rfc3339(&mut created.1, file.created_at);
+            created.0 = file.created_at;
+        }
+        push_file(out, &file, &created.1, |out| {
             let direct = state.store.direct_url(
                 file.object_key,
                 file.mime,
@@ -94,8 +103,14 @@ impl<'s> ListingWriter<'s> {
     }
 }
 
-/// One `ChatFile` object, fields in the order serde writes them; `url` writes the quoted URL.
-fn push_file(out: &mut String, file: &FileRef<'_>, url: impl FnOnce(&mut String)) {
+/// One `ChatFile` object, fields in the order serde writes them, with `created_at` already
+/// formatted; `url` writes the quoted URL.
+fn push_file(
+    out: &mut String,
+    file: &FileRef<'_>,
+    created_at: &str,
+    url: impl FnOnce(&mut String),
+) {
     let mut number = itoa::Buffer::new();
     out.push_str("{\"id\":");
     out.push_str(number.format(file.id));
@@ -108,7 +123,7 @@ fn push_file(out: &mut String, file: &FileRef<'_>, url: impl FnOnce(&mut String)
     out.push_str(",\"type\":");
     push_json_str(out, file.mime);
     out.push_str(",\"created_at\":\"");
-    push_rfc3339(out, file.created_at);
+    out.push_str(created_at);
     out.push_str("\",\"url\":");
     url(out);
     out.push('}');
@@ -179,7 +194,9 @@ mod tests {
             if i > 0 {
                 ours.push(',');
             }
-            push_file(&mut ours, f, |out| push_json_str(out, URL));
+            push_file(&mut ours, f, &rfc3339(f.created_at), |out| {
+                push_json_str(out, URL)
+            });
         }
         ours.push_str("]}");
         let theirs = serde_json::to_string(&GetChatFilesResponse {

@@ -152,6 +152,65 @@ async fn two_files_in_one_request_come_back_and_list_in_upload_order() {
     assert_eq!(uploaded_ids, listed_ids);
 }
 
+/// The listing is written straight from the rows (src/routes/listing.rs): every field as the
+/// uploads answered it, each file with its own upload's time, whether it shares it or not.
+#[tokio::test]
+async fn each_listed_file_is_as_its_upload_answered_with_its_own_time() {
+    let app = TestApp::spawn().await;
+    let user = app.user().await;
+    let chat = app.chat(&user, "times").await;
+    let mut uploaded = app
+        .upload_ok(
+            &user,
+            chat,
+            &[
+                ("a \"quoted\" \\ name.txt", "text/plain", b"first"),
+                ("b.bin", "application/octet-stream", b"\xff"),
+            ],
+        )
+        .await;
+    app.clock.advance(chrono::Duration::seconds(61));
+    uploaded.extend(
+        app.upload_ok(
+            &user,
+            chat,
+            &[("r\u{e9}sum\u{e9} \u{1f600}.pdf", "application/pdf", b"%PDF")],
+        )
+        .await,
+    );
+    let listed = listing(&app, &user, chat).await;
+    assert_eq!(listed.len(), 3);
+    let times: Vec<&str> = listed.iter().map(|f| str_of(f, "created_at")).collect();
+    let later = app.started + chrono::Duration::seconds(61);
+    assert_eq!(
+        times,
+        [rfc3339(app.started), rfc3339(app.started), rfc3339(later)]
+    );
+    for (listed, uploaded) in listed.iter().zip(&uploaded) {
+        for field in [
+            "id",
+            "chat_conversation_id",
+            "name",
+            "size",
+            "type",
+            "created_at",
+        ] {
+            assert_eq!(
+                listed[field], uploaded[field],
+                "{field}: {listed} / {uploaded}"
+            );
+        }
+        let res = helpers::client()
+            .get(str_of(listed, "url"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(res.status(), StatusCode::OK, "{listed}");
+        let got = res.bytes().await.unwrap_or_default();
+        assert_eq!(Some(got.len() as u64), listed["size"].as_u64(), "{listed}");
+    }
+}
+
 #[tokio::test]
 async fn the_type_comes_from_the_part_lowercased_with_its_charset_or_is_guessed_from_the_name() {
     let app = TestApp::spawn().await;
