@@ -788,6 +788,60 @@ async fn a_large_streamed_file_downloads_byte_identical_and_serves_ranges() {
     }
 }
 
+/// Ranges of an object over 1 MiB are read from its file, which the service keeps open (and,
+/// for the bytes the page cache holds, reads without a blocking-pool trip): every range, again
+/// and again, is exactly those bytes, with the memory cache on or off; a delete makes its URLs
+/// answer 404 at once.
+#[tokio::test]
+async fn ranges_of_a_file_over_a_mebibyte_are_exact_every_time_and_gone_after_its_delete() {
+    for memory_cache in [32 << 20, 0] {
+        let app = TestApp::spawn_with(|c| {
+            c.memory_cache = memory_cache;
+            c.max_file_size = 8 << 20;
+        })
+        .await;
+        let user = app.user().await;
+        let bytes = sample(3 * 1024 * 1024 + 17);
+        let file = one_file(&app, &user, "large.bin", "application/octet-stream", &bytes).await;
+        let size = bytes.len();
+        let ranges = [
+            (0, 65_535),
+            (2_000_000, 2_065_535),
+            (size - 1_048_576, size - 1), // exactly 1 MiB: read at once
+            (1, 1_048_577),               // one byte more: streamed
+            (size - 1, size - 1),
+        ];
+        for url in urls_for(&app, &file) {
+            for round in 0..3 {
+                for (start, end) in ranges {
+                    let res = get_with(&url, "range", &format!("bytes={start}-{end}")).await;
+                    assert_eq!(res.status(), StatusCode::PARTIAL_CONTENT, "{round} {start}");
+                    assert_eq!(
+                        header(&res, "content-range"),
+                        format!("bytes {start}-{end}/{size}")
+                    );
+                    let got = res.bytes().await.unwrap_or_default();
+                    assert!(got.as_ref() == &bytes[start..=end], "{round} {start}-{end}");
+                }
+            }
+            let got = get(&url).await.bytes().await.unwrap_or_default();
+            assert_eq!(sha256(&got), sha256(&bytes));
+        }
+        let id = file["id"].as_i64().unwrap_or_default();
+        let chat = file["chat_conversation_id"].as_i64().unwrap_or_default();
+        let res = user
+            .client
+            .delete(app.url(&format!("/api/users/{}/chats/{chat}/files/{id}", user.id)))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(res.status(), StatusCode::NO_CONTENT);
+        for url in urls_for(&app, &file) {
+            assert_gone(&app, &url).await;
+        }
+    }
+}
+
 #[tokio::test]
 async fn urls_and_cookies_survive_a_restart() {
     let app = TestApp::spawn().await;
