@@ -853,8 +853,8 @@ printf '| cold start to first 200 (median of %s) | %s ms | — | — | — | —
 cat <<EOF
 
 Peak RSS over all download rows: $peak_mib MiB (RSS when they began, after seeding:
-$(mib "$download_base_kib") MiB). The upload rows run on freshly restarted processes (the tus
-uploads on the same one as the multipart uploads, right after them, into the same chat).
+$(mib "$download_base_kib") MiB). The upload rows run on freshly restarted processes (the
+multipart and tus uploads alternate, upload by upload, on the same one, into the same chat).
 
 EOF
 if [ -n "$s3_skip" ]; then
