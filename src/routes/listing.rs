@@ -11,12 +11,15 @@
 use crate::clock::push_rfc3339;
 use crate::db::FileRef;
 use crate::media_type::content_disposition;
+use crate::signing::SigningBatch;
 use crate::state::AppState;
 
 /// A listing being written: `{"chatFiles":[` … `]}`.
 pub struct ListingWriter<'s> {
     state: &'s AppState,
     expires: i64,
+    /// Our URLs' signer, for this listing's expiry.
+    signing: SigningBatch,
     /// `"<public base>/files/`: the part of our URLs that every file shares, escaped once.
     url_prefix: String,
     out: String,
@@ -39,6 +42,7 @@ impl<'s> ListingWriter<'s> {
         Self {
             state,
             expires,
+            signing: state.signer.batch(expires, false),
             url_prefix,
             out,
             files: 0,
@@ -55,6 +59,7 @@ impl<'s> ListingWriter<'s> {
         let Self {
             state,
             expires,
+            signing,
             url_prefix,
             out,
             created,
@@ -80,16 +85,12 @@ impl<'s> ListingWriter<'s> {
                     out.push_str(file.object_key);
                     out.push('?');
                     // Digits, the hex kid and base64url: nothing JSON escapes.
-                    state
-                        .signer
-                        .push_query(out, file.object_key, *expires, false);
+                    signing.push_query(out, file.object_key);
                     out.push('"');
                 }
                 None => {
                     let mut url = format!("{}/files/{}?", state.public_base, file.object_key);
-                    state
-                        .signer
-                        .push_query(&mut url, file.object_key, *expires, false);
+                    signing.push_query(&mut url, file.object_key);
                     push_json_str(out, &url);
                 }
             }
