@@ -49,6 +49,9 @@ pub type Pool = r2d2::Pool<SqliteConnectionManager>;
 
 /// How long a write waits for its turn before the request is shed with 503.
 const WRITE_WAIT: Duration = Duration::from_secs(10);
+/// How long a read waits for a connection before the request is shed with 503 (the pool's own
+/// connection timeout, which the readers' queue now waits out instead).
+const READ_WAIT: Duration = Duration::from_secs(10);
 
 /// The connection pool, and the one way handlers reach it.
 #[derive(Clone)]
@@ -95,18 +98,21 @@ impl Db {
     }
 
     /// Runs `f` with a pooled connection on the blocking thread pool, once one of the readers'
-    /// connections is free (first come, first served).
+    /// connections is free (first come, first served); 503 when none is within [`READ_WAIT`].
     pub async fn run<T, F>(&self, f: F) -> Result<T, AppError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, AppError> + Send + 'static,
     {
-        let turn = self
-            .readers
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| AppError::Unavailable)?;
+        let turn = match tokio::time::timeout(READ_WAIT, self.readers.clone().acquire_owned()).await
+        {
+            Ok(Ok(turn)) => turn,
+            Ok(Err(_closed)) => return Err(AppError::Unavailable),
+            Err(_) => {
+                tracing::warn!("reads are queued for longer than {READ_WAIT:?}");
+                return Err(AppError::Unavailable);
+            }
+        };
         let pool = self.pool.clone();
         actix_web::web::block(move || {
             let _turn = turn;

@@ -130,6 +130,12 @@ impl PartFiles {
         self.digests.lock().remove(id).filter(|d| d.len == len)
     }
 
+    /// Forgets the digests of uploads that `keep` does not name (a writer may put one back as
+    /// its upload is removed under it).
+    pub fn retain_digests(&self, keep: impl Fn(&str) -> bool) {
+        self.digests.lock().retain(|id, _| keep(id));
+    }
+
     /// Removes upload `id`'s part file; a missing one is not an error.
     pub fn remove(&self, id: &str) -> io::Result<()> {
         self.digests.lock().remove(id);

@@ -134,8 +134,8 @@ impl LocalStore {
         Ok(storage)
     }
 
-    /// Keeps up to `files` objects' files open between reads (the service's store; a command
-    /// that reads each object once keeps none).
+    /// Keeps the files of up to `files` objects over [`SMALL_READ`] open between reads of parts
+    /// of them.
     pub fn keep_open(mut self, files: usize) -> Self {
         self.open_files = Arc::new(Memo::counted(files));
         self
@@ -334,18 +334,27 @@ impl LocalStore {
     ) -> Result<ObjectBody, StoreError> {
         let path = self.object_path(key).ok_or(StoreError::NotFound)?;
         if len <= SMALL_READ {
-            if let Some(bytes) = self
-                .open_files
-                .get(key)
-                .and_then(|file| read_cached(&file, start, len))
-            {
-                return Ok(ObjectBody::Whole(bytes));
+            if let Some(file) = self.open_files.get(key) {
+                let read = read_cached(&file, start, len);
+                // A file forgotten meanwhile (its object deleted) may be this one's last
+                // handle: its close, which frees the file's blocks, is not for this thread.
+                if let Some(file) = Arc::into_inner(file) {
+                    tokio::task::spawn_blocking(move || drop(file));
+                }
+                if let Some(bytes) = read {
+                    return Ok(ObjectBody::Whole(bytes));
+                }
             }
             let store = self.clone();
             let key = key.to_owned();
             return tokio::task::spawn_blocking(move || {
                 use std::os::unix::fs::FileExt;
-                let file = store.open_kept(&key, &path, size)?;
+                // An object read whole (small enough to be kept in memory) is not kept open.
+                let file = if size > SMALL_READ {
+                    store.open_kept(&key, &path, size)?
+                } else {
+                    Arc::new(open_sized(&path, size)?)
+                };
                 let mut buf = vec![0; usize::try_from(len).unwrap_or(0)];
                 file.read_exact_at(&mut buf, start)?;
                 Ok(ObjectBody::Whole(Bytes::from(buf)))
@@ -404,9 +413,19 @@ fn hash_file(path: &Path) -> io::Result<KnownBytes> {
     })
 }
 
-/// Opens an object's file, which the database says is `size` bytes; blocking.
+/// Opens an object's file, which the database says is `size` bytes; blocking. Reading it leaves
+/// its access time alone where the kernel lets us (`O_NOATIME`, for the files' owner): a read
+/// that may run on an async worker must not start a metadata write.
 fn open_sized(path: &Path, size: u64) -> Result<File, StoreError> {
-    let file = match File::open(path) {
+    let opened = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOATIME)
+        .open(path);
+    let opened = match opened {
+        Err(err) if err.raw_os_error() == Some(libc::EPERM) => File::open(path),
+        other => other,
+    };
+    let file = match opened {
         Ok(file) => file,
         // Deleted between the lookup and now.
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound),

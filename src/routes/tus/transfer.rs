@@ -276,6 +276,11 @@ pub async fn sweep(state: &web::Data<AppState>, at_start: bool) -> Result<(), Ap
         .iter()
         .map(|(id, received, length)| (id.as_str(), (*received, *length)))
         .collect();
+    // Only unfinished uploads need the digest of their bytes.
+    state
+        .uploads
+        .parts
+        .retain_digests(|id| owned.contains_key(id));
     let mut removed = 0usize;
     for (name, len) in &entries {
         if len.is_some() && owned.contains_key(name.as_str()) {

@@ -317,6 +317,70 @@ async fn the_last_chunk_turns_the_upload_into_a_listed_file_with_exactly_its_byt
     );
 }
 
+/// The file's SHA-256 (its ETag) and charset are those of its bytes, whichever way they came:
+/// followed as the PATCHes wrote them (a character split between two PATCHes; bytes that are not
+/// UTF-8), with a refused PATCH in between, or with a restart halfway (then they are read once
+/// more).
+#[tokio::test]
+async fn the_etag_and_charset_are_those_of_the_bytes_however_the_patches_went() {
+    let text = "caf\u{e9} \u{1f600} ".repeat(4_000).into_bytes();
+    let mut not_utf8 = text.clone();
+    not_utf8[30_001] = 0xFF;
+    let mut app = TestApp::spawn().await;
+    let user = app.user().await;
+    let chat = app.chat(&user, "digests").await;
+    let cases = [
+        (&text, false, false),
+        (&not_utf8, false, false),
+        (&text, true, false),
+        (&text, false, true),
+    ];
+    for (bytes, refused, restart) in cases {
+        let upload = create_ok(
+            &app,
+            &user,
+            chat,
+            bytes.len() as u64,
+            Some(&metadata(&[
+                ("filename", "notes.txt"),
+                ("filetype", "text/plain"),
+            ])),
+        )
+        .await;
+        let mut location = upload.location.clone();
+        // "é" is two bytes: the first PATCH ends inside it.
+        patch_ok(&user.client, &location, 0, &bytes[..4]).await;
+        if refused {
+            let res = patch(&user.client, &location, 4, &vec![b'x'; bytes.len()]).await;
+            assert_error(res, StatusCode::PAYLOAD_TOO_LARGE).await;
+        }
+        patch_ok(&user.client, &location, 4, &bytes[4..30_000]).await;
+        if restart {
+            app = app.restart().await;
+            location = app.rebase(&location);
+        }
+        patch_ok(&user.client, &location, 30_000, &bytes[30_000..]).await;
+        let file = chat_file(&user.client, &location).await;
+        let charset = if *bytes == text {
+            "; charset=utf-8"
+        } else {
+            ""
+        };
+        assert_eq!(
+            file["type"],
+            json!(format!("text/plain{charset}")),
+            "{file}"
+        );
+        let res = send(crate::helpers::client().get(app.route_url(&file, false))).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(header(&res, "etag"), format!("\"{}\"", sha256(bytes)));
+        assert_eq!(
+            sha256(&res.bytes().await.unwrap_or_default()),
+            sha256(bytes)
+        );
+    }
+}
+
 #[tokio::test]
 async fn an_incomplete_upload_answers_get_with_409_saying_how_much_arrived() {
     let app = TestApp::spawn().await;
